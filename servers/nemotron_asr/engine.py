@@ -1,0 +1,247 @@
+"""The engine: one thread owns the model and steps every ready stream in shared batches.
+
+Connections talk to it through thread-safe calls (``open``/``feed``/``finalize``/``close``) that only
+enqueue commands; the engine thread applies them in order, then each tick gives every stream with a
+complete chunk one step, grouping streams by step kind into batches. Results go back through each
+stream's ``deliver`` callback (called on the engine thread).
+
+A hard reset (finalize) covers exactly the audio fed before it: audio or resets that arrive while a
+stream is still finishing an utterance wait in that stream's backlog and start the next utterance.
+"""
+
+from __future__ import annotations
+
+import itertools
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from loguru import logger
+
+from .featurizer import FrameRequest
+from .model import StreamingModel
+
+FINAL_KINDS = ("final", "final_first")
+
+
+@dataclass
+class Result:
+    kind: str  # "interim", "final" (hard reset), "current" (soft reset) or "error"
+    text: str
+    audio_ms: float = 0.0  # audio in the utterance so far
+
+
+@dataclass
+class _Stream:
+    id: int
+    deliver: Callable[[Result], None]
+    slot: int = -1
+    audio: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+    origin: int = 0  # absolute index of audio[0] within the utterance
+    pending: list = field(default_factory=list)  # fed samples not yet joined to ``audio``
+    total: int = 0
+    consumed: int = 0  # mel frames already given to the encoder
+    started: bool = False
+    hypothesis: object = None
+    text: str = ""
+    finalizing: bool = False
+    backlog: deque = field(default_factory=deque)
+
+    def join_pending(self) -> None:
+        if self.pending:
+            self.audio = np.concatenate([self.audio, *self.pending])
+            self.pending = []
+
+
+@dataclass
+class _Step:
+    stream: _Stream
+    kind: str
+    first: int
+    count: int
+
+
+class EngineFailed(RuntimeError):
+    pass
+
+
+class Engine:
+    def __init__(self, model: StreamingModel, max_batch: int) -> None:
+        self.model = model
+        self.max_batch = max_batch
+        self._commands: queue.SimpleQueue = queue.SimpleQueue()
+        self._streams: dict[int, _Stream] = {}
+        self._ids = itertools.count(1)
+        self._thread = threading.Thread(target=self._run, name="asr-engine", daemon=True)
+        self._stop = False
+        self.failed = threading.Event()
+        self.heartbeat = time.monotonic()
+        self.steps_run = 0
+
+    # --- called from any thread -------------------------------------------------------------
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop = True
+        self._commands.put(("wake", 0, None))
+        self._thread.join(timeout)
+
+    def open(self, deliver: Callable[[Result], None]) -> int:
+        stream_id = next(self._ids)
+        self._commands.put(("open", stream_id, deliver))
+        return stream_id
+
+    def feed(self, stream_id: int, pcm16: bytes) -> None:
+        samples = np.frombuffer(pcm16, dtype="<i2").astype(np.float32) / 32768.0
+        self._commands.put(("audio", stream_id, samples))
+
+    def finalize(self, stream_id: int) -> None:
+        """Hard reset: a ``final`` result for all audio fed so far, then a fresh utterance."""
+        self._commands.put(("finalize", stream_id, None))
+
+    def current(self, stream_id: int) -> None:
+        """Soft reset: a ``current`` result with the text so far; nothing changes."""
+        self._commands.put(("current", stream_id, None))
+
+    def close(self, stream_id: int) -> None:
+        self._commands.put(("close", stream_id, None))
+
+    def alive(self, stall_s: float = 30.0) -> bool:
+        return not self.failed.is_set() and time.monotonic() - self.heartbeat < stall_s
+
+    @property
+    def active_streams(self) -> int:
+        return len(self._streams)
+
+    # --- engine thread ----------------------------------------------------------------------
+    def _run(self) -> None:
+        try:
+            with torch.inference_mode():
+                while not self._stop:
+                    steps = self._plan()
+                    self._take_commands(block=not steps)
+                    steps = self._plan()
+                    for kind, group in self._group(steps):
+                        self._run_step(kind, group)
+                    self.heartbeat = time.monotonic()
+        except Exception as exc:  # noqa: BLE001 - any failure here is fatal for the service
+            logger.opt(exception=exc).critical(f"ASR engine failed: {exc}")
+            self.failed.set()
+            for stream in list(self._streams.values()):
+                stream.deliver(Result("error", f"speech recognition engine failed: {exc}"))
+
+    def _take_commands(self, block: bool) -> None:
+        try:
+            command = self._commands.get(timeout=1.0) if block else self._commands.get_nowait()
+        except queue.Empty:
+            return
+        while True:
+            self._apply(*command)
+            try:
+                command = self._commands.get_nowait()
+            except queue.Empty:
+                return
+
+    def _apply(self, action: str, stream_id: int, payload) -> None:
+        if action == "open":
+            stream = _Stream(stream_id, payload)
+            stream.slot = self.model.pool.acquire()
+            self._streams[stream_id] = stream
+            return
+        stream = self._streams.get(stream_id)
+        if stream is None:
+            return
+        if action == "close":
+            self.model.pool.release(stream.slot)
+            del self._streams[stream_id]
+        elif stream.finalizing:
+            stream.backlog.append((action, payload))
+        elif action == "audio":
+            stream.pending.append(payload)
+            stream.total += len(payload)
+        elif action == "finalize":
+            stream.finalizing = True
+        elif action == "current":
+            stream.deliver(Result("current", stream.text, self._audio_ms(stream)))
+
+    def _next_step(self, stream: _Stream) -> _Step | None:
+        featurizer, model = self.model.featurizer, self.model
+        if not stream.started:
+            if stream.total >= featurizer.samples_needed(0, model.first_frames):
+                return _Step(stream, "first", 0, model.first_frames)
+        elif stream.total >= featurizer.samples_needed(stream.consumed, model.shift):
+            return _Step(stream, "steady", stream.consumed - model.pre, model.pre + model.shift)
+        if not stream.finalizing:
+            return None
+        end = self.model.featurizer.frames_in(stream.total)
+        if end <= stream.consumed:
+            return _Step(stream, "done", 0, 0)
+        if not stream.started:
+            return _Step(stream, "final_first", 0, end)
+        return _Step(stream, "final", stream.consumed - model.pre, model.pre + end - stream.consumed)
+
+    def _plan(self) -> list[_Step]:
+        return [step for stream in self._streams.values() if (step := self._next_step(stream))]
+
+    def _group(self, steps: list[_Step]):
+        by_kind: dict[str, list[_Step]] = {}
+        for step in steps:
+            by_kind.setdefault(step.kind, []).append(step)
+        for kind, group in by_kind.items():
+            for start in range(0, len(group), self.max_batch):
+                yield kind, group[start:start + self.max_batch]
+
+    def _run_step(self, kind: str, steps: list[_Step]) -> None:
+        if kind == "done":
+            for step in steps:
+                self._finish_utterance(step.stream)
+            return
+        static = self.model.kinds[kind].frames
+        requests = []
+        for step in steps:
+            step.stream.join_pending()
+            requests.append(FrameRequest(step.stream.audio, step.stream.origin, step.stream.total,
+                                         step.first, step.count))
+        features = self.model.featurizer.frames(requests, static)
+        lengths = torch.tensor([step.count for step in steps], device=self.model.device)
+        output = self.model.encode(kind, features, lengths, [step.stream.slot for step in steps])
+        hypotheses = self.model.decode(output, [step.stream.hypothesis for step in steps])
+        self.steps_run += 1
+        for step, hypothesis in zip(steps, hypotheses, strict=True):
+            stream = step.stream
+            stream.hypothesis = hypothesis
+            stream.started = True
+            stream.consumed = step.first + step.count
+            text = self.model.text_of(hypothesis)
+            if kind in FINAL_KINDS:
+                stream.text = text
+                self._finish_utterance(stream)
+                continue
+            self._drop_used_audio(stream)
+            if text != stream.text:
+                stream.text = text
+                stream.deliver(Result("interim", text, self._audio_ms(stream)))
+
+    def _drop_used_audio(self, stream: _Stream) -> None:
+        keep_from = self.model.featurizer.oldest_sample_needed(stream.consumed - self.model.pre)
+        if keep_from > stream.origin:
+            stream.audio = stream.audio[keep_from - stream.origin:]
+            stream.origin = keep_from
+
+    def _audio_ms(self, stream: _Stream) -> float:
+        return stream.total * 1000.0 / self.model.featurizer.sample_rate
+
+    def _finish_utterance(self, stream: _Stream) -> None:
+        stream.deliver(Result("final", stream.text, self._audio_ms(stream)))
+        self.model.pool.reset([stream.slot])
+        backlog = stream.backlog
+        fresh = _Stream(stream.id, stream.deliver, slot=stream.slot)
+        self._streams[stream.id] = fresh
+        for action, payload in backlog:
+            self._apply(action, stream.id, payload)

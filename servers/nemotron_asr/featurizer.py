@@ -1,0 +1,83 @@
+"""Exact incremental log-mel features for many streams at once.
+
+The model's own preprocessor computes frame ``i`` from the samples centred on ``i * hop`` (an FFT
+window of ``n_fft`` samples, zero padded at both ends of the utterance, pre-emphasis applied first).
+So any run of frames can be computed from a short slice of audio that starts ``lead`` frames earlier
+(those edge frames see the slice's artificial start and are thrown away). The result is bit-for-bit
+what the offline preprocessor produces for the whole utterance, and a chunk costs the same at second
+1 and at minute 10.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+
+@dataclass
+class FrameRequest:
+    """Frames ``[first, first + count)`` of one stream; frames before 0 come back as zeros."""
+
+    audio: np.ndarray  # float32 samples of the stream, starting at absolute sample ``audio_origin``
+    audio_origin: int
+    total_samples: int  # samples of the utterance received so far (the end, when finalising)
+    first: int
+    count: int
+
+
+class Featurizer:
+    def __init__(self, preprocessor: torch.nn.Module, device: torch.device) -> None:
+        featurizer = preprocessor.featurizer
+        if getattr(featurizer, "exact_pad", False):
+            raise ValueError("preprocessor uses exact_pad; incremental featurisation expects centred frames")
+        normalize = getattr(featurizer, "normalize", None)
+        if normalize not in (None, "NA", "none"):
+            raise ValueError(f"preprocessor normalises per utterance ({normalize!r}); "
+                             "cache-aware streaming needs normalize: NA")
+        self.preprocessor = preprocessor.to(device).eval()
+        self.device = device
+        self.hop = featurizer.hop_length
+        self.half_window = featurizer.n_fft // 2
+        self.lead = math.ceil(self.half_window / self.hop)
+        self.sample_rate = int(preprocessor._sample_rate)
+
+    def frames_in(self, samples: int) -> int:
+        """Frames the offline preprocessor makes of an utterance of ``samples`` samples."""
+        return samples // self.hop
+
+    def samples_needed(self, first: int, count: int) -> int:
+        """Samples that must exist before frames up to ``first + count`` are final (no right padding)."""
+        return (first + count - 1) * self.hop + self.half_window
+
+    def oldest_sample_needed(self, first: int) -> int:
+        """Audio before this sample can be dropped once frame ``first`` is the next needed."""
+        return max(0, (first - self.lead) * self.hop)
+
+    def frames(self, requests: list[FrameRequest], count: int) -> torch.Tensor:
+        """Features ``(B, n_mels, count)`` for requests that all ask for ``count`` frames."""
+        span = (self.lead + count - 1) * self.hop + self.half_window
+        batch = np.zeros((len(requests), span), dtype=np.float32)
+        lengths = np.zeros(len(requests), dtype=np.int64)
+        for row, request in enumerate(requests):
+            start = (request.first - self.lead) * self.hop
+            end = min(start + span, request.total_samples)
+            lo = max(start, request.audio_origin, 0)
+            if end > lo:
+                piece = request.audio[lo - request.audio_origin:end - request.audio_origin]
+                batch[row, lo - start:lo - start + len(piece)] = piece
+            lengths[row] = max(end - start, 0)
+        signal = torch.from_numpy(batch).to(self.device, non_blocking=True)
+        signal_len = torch.from_numpy(lengths).to(self.device, non_blocking=True)
+        with torch.inference_mode(), torch.autocast(self.device.type, enabled=False):
+            mel, _ = self.preprocessor(input_signal=signal, length=signal_len)
+        mel = mel[:, :, self.lead:self.lead + count]
+        for row, request in enumerate(requests):
+            if request.first < 0:  # before the utterance: zeros, as NeMo's streaming buffer pads
+                mel[row, :, :-request.first] = 0.0
+            valid = self.frames_in(request.total_samples) - request.first
+            if valid < count:  # past the end of a finished utterance
+                mel[row, :, max(valid, 0):] = 0.0
+        return mel

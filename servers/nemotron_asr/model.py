@@ -1,0 +1,157 @@
+"""The streaming model: a NeMo cache-aware RNN-T prepared for batched steps on one device."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from loguru import logger
+
+from .featurizer import Featurizer
+from .steps import CachePool, EagerStep, GraphStep, StepKind, step_kinds
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never download at service start
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device {name} requested but CUDA is not available")
+    return device
+
+
+def pick_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name != "auto":
+        return DTYPES[name]
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
+def restore(path: Path, device: torch.device):
+    from nemo.collections.asr.models import ASRModel
+    from nemotron_common.logs import adopt
+
+    adopt("nemo_logger")
+    model = ASRModel.restore_from(str(path), map_location=device)
+    return model.eval()
+
+
+@dataclass
+class StepOutput:
+    encoded: torch.Tensor  # (B, D, T) float32
+    encoded_len: torch.Tensor
+
+
+class StreamingModel:
+    """Everything the engine needs to run one batched streaming step of any kind."""
+
+    def __init__(self, path: Path, right_context: int, device: str = "auto", dtype: str = "auto",
+                 max_streams: int = 64, cuda_graphs: bool = True,
+                 graph_buckets: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)) -> None:
+        self.device = pick_device(device)
+        self.dtype = pick_dtype(dtype, self.device)
+        self.model = restore(path, self.device)
+        from nemo.collections.asr.models import EncDecRNNTModel
+        from nemo.collections.asr.parts.mixins.streaming import StreamingEncoder
+
+        streaming = isinstance(self.model, EncDecRNNTModel) and isinstance(
+            self.model.encoder, StreamingEncoder)
+        if not streaming:
+            raise ValueError(f"{path} is not a cache-aware streaming RNN-T model")
+        encoder = self.model.encoder
+        contexts = [list(c) for c in (encoder.att_context_size_all or [encoder.att_context_size])]
+        if right_context not in {c[1] for c in contexts}:
+            choices = sorted({c[1] for c in contexts})
+            raise ValueError(f"right_context {right_context} is not supported by this model "
+                             f"(it supports {choices})")
+        left = next(c[0] for c in contexts if c[1] == right_context)
+        encoder.set_default_att_context_size([left, right_context])
+        encoder.to(self.dtype)
+        self.encoder = encoder
+        self.right_context = right_context
+        self.cfg = encoder.streaming_cfg
+        self.featurizer = Featurizer(self.model.preprocessor, self.device)
+        self.kinds: dict[str, StepKind] = step_kinds(self.cfg, self.featurizer.lead)
+        self.shift = self.cfg.shift_size[1]
+        self.pre = self.cfg.pre_encode_cache_size[1]
+        self.first_frames = self.cfg.chunk_size[0]
+        self.chunk_ms = self.shift * self.featurizer.hop * 1000 // self.featurizer.sample_rate
+        self.pool = CachePool(encoder, max_streams, self.dtype, self.device)
+        self.uses_graphs = cuda_graphs and self.device.type == "cuda"
+        buckets = sorted({b for b in graph_buckets if b < max_streams} | {max_streams})
+        self.buckets = buckets
+        self._graph_pool = torch.cuda.graph_pool_handle() if self.uses_graphs else None
+        self.steps: dict[str, EagerStep | GraphStep] = {}
+        self.model.decoding.decoding.preserve_alignments = False
+
+    def capture(self, progress=None) -> None:
+        """Build the per-kind step runners (captures CUDA graphs; seconds per kind on a GPU)."""
+        with torch.inference_mode():
+            for kind in self.kinds.values():
+                if self.uses_graphs:
+                    if progress:
+                        progress(f"capturing CUDA graphs for {kind.name} steps", 300)
+                    self.steps[kind.name] = GraphStep(self.encoder, kind, self.buckets, self.dtype,
+                                                      self._graph_pool)
+                else:
+                    self.steps[kind.name] = EagerStep(self.encoder, kind)
+
+    def encode(self, kind: str, features: torch.Tensor, lengths: torch.Tensor,
+               slots: list[int]) -> StepOutput:
+        """Run one step for the streams in ``slots`` and keep their new caches."""
+        index = torch.tensor(slots, device=self.device)
+        channel, time, channel_len = self.pool.gather(index)
+        encoded, encoded_len, channel, time, channel_len = self.steps[kind](
+            features.to(self.dtype), lengths, channel, time, channel_len)
+        self.pool.scatter(index, channel, time, channel_len)
+        return StepOutput(encoded.float(), encoded_len)
+
+    def decode(self, output: StepOutput, hypotheses: list) -> list:
+        """Greedy RNN-T decoding that continues each stream's previous hypothesis (None = new)."""
+        return self.model.decoding.rnnt_decoder_predictions_tensor(
+            encoder_output=output.encoded, encoded_lengths=output.encoded_len, return_hypotheses=True,
+            partial_hypotheses=hypotheses)
+
+    def synchronize(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def text_of(self, hypothesis) -> str:
+        if hypothesis is None:
+            return ""
+        tokens = hypothesis.y_sequence
+        tokens = tokens.tolist() if isinstance(tokens, torch.Tensor) else list(tokens)
+        return self.model.tokenizer.ids_to_text(tokens).strip() if tokens else ""
+
+    def transcribe_offline(self, audio) -> str:
+        """Whole-utterance transcription with the same context setting (the reference for tests)."""
+        with torch.inference_mode():
+            signal = torch.as_tensor(audio, dtype=torch.float32, device=self.device)[None]
+            length = torch.tensor([signal.shape[1]], device=self.device)
+            mel, mel_len = self.model.preprocessor(input_signal=signal, length=length)
+            encoded, encoded_len = self.encoder(audio_signal=mel.to(self.dtype), length=mel_len)
+            hyps = self.model.decoding.rnnt_decoder_predictions_tensor(
+                encoder_output=encoded.float(), encoded_lengths=encoded_len, return_hypotheses=True)
+        return self.text_of(hyps[0])
+
+    def describe(self) -> str:
+        name = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu"
+        mode = "CUDA graphs" if self.uses_graphs else "eager"
+        return (f"{name}, {str(self.dtype).removeprefix('torch.')}, {self.chunk_ms} ms chunks "
+                f"(right context {self.right_context}), {mode}")
+
+
+def log_device() -> None:
+    if torch.cuda.is_available():
+        major, minor = torch.cuda.get_device_capability()
+        name = torch.cuda.get_device_name()
+        logger.info(f"CUDA device {name} (sm_{major}{minor}), torch {torch.__version__}")
+    else:
+        logger.info(f"no CUDA device; running on CPU, torch {torch.__version__}")

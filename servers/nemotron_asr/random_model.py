@@ -1,0 +1,146 @@
+"""Build a randomly initialised cache-aware FastConformer RNN-T and save it as a real ``.nemo``.
+
+No weights can be downloaded in CI or on the benchmark GPU, so tests and benchmarks make their own
+model of a chosen shape: ``tiny`` for CPU tests, ``real`` for the shape of
+nvidia/nemotron-speech-streaming-en-0.6b (24 layers, d_model 1024, 128 mels, 8x causal subsampling,
+2-layer LSTM predictor 640, 1024 tokens). The blank logit is biased so greedy decoding emits a few
+tokens per second instead of nothing or garbage. Loading goes through ``restore_from`` like any model.
+
+    python -m nemotron_asr.random_model OUT.nemo --shape tiny
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import string
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import click
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@dataclass(frozen=True)
+class Shape:
+    d_model: int
+    layers: int
+    heads: int
+    mels: int
+    vocab: int
+    pred_hidden: int
+    subsampling_channels: int
+
+
+SHAPES = {
+    "tiny": Shape(d_model=64, layers=2, heads=4, mels=80, vocab=64, pred_hidden=64, subsampling_channels=32),
+    "real": Shape(d_model=1024, layers=24, heads=8, mels=128, vocab=1024, pred_hidden=640,
+                  subsampling_channels=256),
+}
+
+
+def _train_tokenizer(directory: Path, vocab: int, seed: int) -> None:
+    from nemo.collections.common.tokenizers.sentencepiece_tokenizer import create_spt_model
+
+    rng = random.Random(seed)
+    text = directory / "text.txt"
+    lines = max(300, vocab * 20)
+    with text.open("w") as f:
+        for _ in range(lines):
+            words = ("".join(rng.choice(string.ascii_lowercase) for _ in range(rng.randint(2, 9)))
+                     for _ in range(rng.randint(4, 14)))
+            f.write(" ".join(words) + "\n")
+    create_spt_model(str(text), vocab_size=vocab, sample_size=-1, do_lower_case=True,
+                     tokenizer_type="bpe", output_dir=str(directory))
+
+
+def model_config(shape: Shape, tokenizer_dir: Path) -> dict:
+    dataset = {"manifest_filepath": None, "sample_rate": 16000, "batch_size": 1, "shuffle": False}
+    return {
+        "sample_rate": 16000, "compute_eval_loss": False, "log_prediction": False,
+        "model_defaults": {"enc_hidden": shape.d_model, "pred_hidden": shape.pred_hidden,
+                           "joint_hidden": shape.pred_hidden},
+        "tokenizer": {"dir": str(tokenizer_dir), "type": "bpe"},
+        "train_ds": dataset,
+        "validation_ds": {**dataset, "use_start_end_token": False},
+        "preprocessor": {"_target_": "nemo.collections.asr.modules.AudioToMelSpectrogramPreprocessor",
+                         "sample_rate": 16000, "normalize": "NA", "window_size": 0.025,
+                         "window_stride": 0.01, "window": "hann", "features": shape.mels, "n_fft": 512,
+                         "frame_splicing": 1, "dither": 0.0, "pad_to": 0},
+        "spec_augment": None,
+        "encoder": {"_target_": "nemo.collections.asr.modules.ConformerEncoder", "feat_in": shape.mels,
+                    "feat_out": -1, "n_layers": shape.layers, "d_model": shape.d_model,
+                    "subsampling": "dw_striding", "subsampling_factor": 8,
+                    "subsampling_conv_channels": shape.subsampling_channels, "causal_downsampling": True,
+                    "ff_expansion_factor": 4, "self_attention_model": "rel_pos", "n_heads": shape.heads,
+                    "att_context_size": [[70, 13], [70, 6], [70, 1], [70, 0]],
+                    "att_context_style": "chunked_limited", "xscaling": True, "pos_emb_max_len": 5000,
+                    "conv_kernel_size": 9, "conv_norm_type": "layer_norm", "conv_context_size": "causal",
+                    "dropout": 0.0, "dropout_pre_encoder": 0.0, "dropout_emb": 0.0, "dropout_att": 0.0},
+        "decoder": {"_target_": "nemo.collections.asr.modules.RNNTDecoder", "normalization_mode": None,
+                    "random_state_sampling": False, "blank_as_pad": True,
+                    "prednet": {"pred_hidden": shape.pred_hidden, "pred_rnn_layers": 2, "t_max": None,
+                                "dropout": 0.0}},
+        "joint": {"_target_": "nemo.collections.asr.modules.RNNTJoint", "log_softmax": None,
+                  "preserve_memory": False, "fuse_loss_wer": False, "fused_batch_size": 4,
+                  "jointnet": {"joint_hidden": shape.pred_hidden, "activation": "relu", "dropout": 0.0}},
+        "decoding": {"strategy": "greedy_batch", "greedy": {"max_symbols": 10}},
+        "loss": {"loss_name": "default"}, "optim": None,
+    }
+
+
+def _emission_rate(model, bias: float, shape: Shape) -> float:
+    """Tokens per encoder frame that greedy decoding emits on random features for a blank bias."""
+    import torch
+
+    with torch.no_grad():
+        model.joint.joint_net[-1].bias[-1] = bias
+        generator = torch.Generator().manual_seed(1)
+        feats = torch.randn(4, shape.mels, 200, generator=generator)
+        lens = torch.full((4,), 200, dtype=torch.long)
+        encoded, encoded_len = model.encoder(audio_signal=feats, length=lens)
+        hyps = model.decoding.rnnt_decoder_predictions_tensor(encoded, encoded_len, return_hypotheses=True)
+    return sum(len(h.y_sequence) for h in hyps) / float(encoded_len.sum())
+
+
+def build(out: Path, shape_name: str = "tiny", seed: int = 0, tokens_per_frame: float = 0.3) -> Path:
+    """Write a random-weight cache-aware RNN-T of ``shape_name`` to ``out`` and return its path."""
+    import nemo.collections.asr as nemo_asr
+    import torch
+    from omegaconf import OmegaConf
+
+    shape = SHAPES[shape_name]
+    random.seed(seed)
+    torch.manual_seed(seed)
+    with tempfile.TemporaryDirectory() as tmp:
+        _train_tokenizer(Path(tmp), shape.vocab, seed)
+        model = nemo_asr.models.EncDecRNNTBPEModel(cfg=OmegaConf.create(model_config(shape, Path(tmp))),
+                                                  trainer=None).eval()
+        model.encoder.set_default_att_context_size([70, 13])
+        # Bisect the blank bias (the joint's last output) to a realistic emission rate.
+        low, high = -5.0, 40.0
+        for _ in range(14):
+            middle = (low + high) / 2
+            if _emission_rate(model, middle, shape) > tokens_per_frame:
+                low = middle
+            else:
+                high = middle
+        _emission_rate(model, (low + high) / 2, shape)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        model.save_to(str(out))
+    return out
+
+
+@click.command()
+@click.argument("out", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--shape", type=click.Choice(sorted(SHAPES)), default="tiny", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+def main(out: Path, shape: str, seed: int) -> None:
+    """Write a random-weight cache-aware FastConformer RNN-T to OUT (.nemo)."""
+    click.echo(build(out, shape, seed))
+
+
+if __name__ == "__main__":
+    main()

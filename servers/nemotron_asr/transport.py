@@ -1,0 +1,115 @@
+"""WebSocket transport: the bots' ASR protocol and ``GET /health`` on one port.
+
+``process_request`` answers health checks (and refuses WebSocket handshakes while the model loads)
+before any upgrade. Each connection runs a reader (``async for``) and a writer draining the
+session's outbox, so a slow client never blocks the engine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http
+
+from loguru import logger
+from nemotron_common.health import HEALTH_PATHS, Health
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.datastructures import Headers
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+
+from . import protocol
+from .engine import Engine
+from .session import Session
+
+STREAM_PATHS = ("/", "/ws", "/v1/asr/stream")
+
+
+def json_response(status: int, body: bytes) -> Response:
+    headers = Headers([("Content-Type", "application/json"), ("Content-Length", str(len(body))),
+                       ("Connection", "close")])
+    return Response(status, http.HTTPStatus(status).phrase, headers, body)
+
+
+class Transport:
+    def __init__(self, health: Health, host: str, port: int, max_sessions: int,
+                 max_frame_bytes: int) -> None:
+        self.health = health
+        self.host, self.port = host, port
+        self.max_sessions = max_sessions
+        self.max_frame_bytes = max_frame_bytes
+        self.engine: Engine | None = None  # set once the model is loaded
+        self.sessions: set[Session] = set()
+        self.server: Server | None = None
+        self.accepting = True
+
+    async def start(self) -> None:
+        self.server = await serve(
+            self._handle, self.host, self.port, process_request=self._process_request,
+            compression=None,  # raw PCM does not compress; deflate only costs CPU
+            max_size=self.max_frame_bytes * 4,  # larger frames get an error message, huge ones a 1009 close
+            max_queue=64, ping_interval=20, ping_timeout=20)
+        self.port = self.server.sockets[0].getsockname()[1]
+        logger.info(f"listening on ws://{self.host}:{self.port}/ (health at /health)")
+
+    def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        path = request.path.split("?", 1)[0]
+        if path in HEALTH_PATHS:
+            return json_response(*self.health.encode(path))
+        if path not in STREAM_PATHS:
+            return json_response(404, b'{"error":"not found; the ASR WebSocket is at /"}')
+        if self.engine is None or not self.health.ready or not self.accepting:
+            return json_response(503, b'{"error":"ASR is not ready"}')
+        return None
+
+    async def _handle(self, connection: ServerConnection) -> None:
+        peer = "{}:{}".format(*connection.remote_address[:2])
+        if len(self.sessions) >= self.max_sessions:
+            logger.warning(f"{peer}: refused, {self.max_sessions} sessions already open")
+            await connection.send(protocol.error_message(
+                f"too many sessions: the server is limited to {self.max_sessions}; try again later"))
+            await connection.close(1013, "too many sessions")
+            return
+        session = Session(self.engine, self.max_frame_bytes, peer)
+        self.sessions.add(session)
+        writer = session.writer = asyncio.create_task(self._write(connection, session))
+        logger.debug(f"{peer}: session {session.stream_id} opened")
+        try:
+            await connection.send(protocol.ready_message())
+            async for frame in connection:
+                if isinstance(frame, bytes):
+                    session.on_binary(frame)
+                else:
+                    session.on_text(frame)
+        except ConnectionClosed:
+            pass
+        finally:
+            self.sessions.discard(session)
+            session.close()
+            await asyncio.gather(writer, return_exceptions=True)
+            logger.debug(f"{peer}: session {session.stream_id} closed")
+
+    async def _write(self, connection: ServerConnection, session: Session) -> None:
+        while (message := await session.outbox.get()) is not None:
+            try:
+                await connection.send(message)
+            except ConnectionClosed:
+                return
+
+    async def drain(self, timeout_s: float) -> None:
+        """Stop taking connections, give open sessions their final transcripts, then close them."""
+        self.accepting = False
+        if self.server:
+            self.server.close(close_connections=False)
+        sessions = list(self.sessions)
+        if sessions:
+            logger.info(f"finishing {len(sessions)} open session(s)")
+            await asyncio.gather(*(s.drain(timeout_s) for s in sessions))
+            for session in sessions:  # let the writers flush the final transcripts
+                session.outbox.put_nowait(None)
+            await asyncio.wait([s.writer for s in sessions], timeout=timeout_s)
+        await self.close()
+
+    async def close(self) -> None:
+        if self.server:
+            self.server.close(close_connections=True)
+            await self.server.wait_closed()

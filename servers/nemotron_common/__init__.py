@@ -1,0 +1,1 @@
+"""What every nemotron server shares: configuration, logging, readiness, health and shutdown."""
