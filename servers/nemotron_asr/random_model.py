@@ -17,8 +17,12 @@ import string
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
+
+if TYPE_CHECKING:
+    import numpy as np
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -91,23 +95,36 @@ def model_config(shape: Shape, tokenizer_dir: Path) -> dict:
     }
 
 
-def _emission_rate(model, bias: float, shape: Shape) -> float:
-    """Tokens per encoder frame that greedy decoding emits on random features for a blank bias."""
+def speechlike_audio(seconds: float, seed: int) -> np.ndarray:
+    """Float audio in [-1, 1] with speech-like structure: gliding harmonics, syllable envelope, noise."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(16000 * seconds)) / 16000
+    pitch = 110 + 60 * rng.random() + 40 * np.sin(2 * np.pi * (0.5 + rng.random()) * t)
+    phase = 2 * np.pi * np.cumsum(pitch) / 16000
+    voice = sum(np.sin(k * phase) / k for k in range(1, 6))
+    envelope = 0.5 + 0.5 * np.sin(2 * np.pi * (3 + 2 * rng.random()) * t + rng.random() * 6)
+    audio = 0.25 * voice * envelope + 0.02 * rng.standard_normal(len(t))
+    return np.clip(audio, -1, 1).astype(np.float32)
+
+
+def _emission_rate(model, bias: float, features, lengths) -> float:
+    """Tokens per encoder frame that greedy decoding emits for a blank bias."""
     import torch
 
     with torch.no_grad():
         model.joint.joint_net[-1].bias[-1] = bias
-        generator = torch.Generator().manual_seed(1)
-        feats = torch.randn(4, shape.mels, 200, generator=generator)
-        lens = torch.full((4,), 200, dtype=torch.long)
-        encoded, encoded_len = model.encoder(audio_signal=feats, length=lens)
+        encoded, encoded_len = model.encoder(audio_signal=features, length=lengths)
         hyps = model.decoding.rnnt_decoder_predictions_tensor(encoded, encoded_len, return_hypotheses=True)
     return sum(len(h.y_sequence) for h in hyps) / float(encoded_len.sum())
 
 
-def build(out: Path, shape_name: str = "tiny", seed: int = 0, tokens_per_frame: float = 0.3) -> Path:
+def build(out: Path, shape_name: str = "tiny", seed: int = 0, tokens_per_frame: float = 0.3,
+          device: str = "cpu") -> Path:
     """Write a random-weight cache-aware RNN-T of ``shape_name`` to ``out`` and return its path."""
     import nemo.collections.asr as nemo_asr
+    import numpy as np
     import torch
     from omegaconf import OmegaConf
 
@@ -117,17 +134,21 @@ def build(out: Path, shape_name: str = "tiny", seed: int = 0, tokens_per_frame: 
     with tempfile.TemporaryDirectory() as tmp:
         _train_tokenizer(Path(tmp), shape.vocab, seed)
         model = nemo_asr.models.EncDecRNNTBPEModel(cfg=OmegaConf.create(model_config(shape, Path(tmp))),
-                                                  trainer=None).eval()
+                                                  trainer=None).to(device).eval()
         model.encoder.set_default_att_context_size([70, 13])
+        audio = torch.from_numpy(np.stack([speechlike_audio(2.0, seed + i) for i in range(4)])).to(device)
+        with torch.no_grad():
+            features, lengths = model.preprocessor(input_signal=audio,
+                                                   length=torch.full((4,), audio.shape[1], device=device))
         # Bisect the blank bias (the joint's last output) to a realistic emission rate.
         low, high = -5.0, 40.0
         for _ in range(14):
             middle = (low + high) / 2
-            if _emission_rate(model, middle, shape) > tokens_per_frame:
+            if _emission_rate(model, middle, features, lengths) > tokens_per_frame:
                 low = middle
             else:
                 high = middle
-        _emission_rate(model, (low + high) / 2, shape)
+        _emission_rate(model, (low + high) / 2, features, lengths)
         out.parent.mkdir(parents=True, exist_ok=True)
         model.save_to(str(out))
     return out
@@ -137,9 +158,10 @@ def build(out: Path, shape_name: str = "tiny", seed: int = 0, tokens_per_frame: 
 @click.argument("out", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--shape", type=click.Choice(sorted(SHAPES)), default="tiny", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
-def main(out: Path, shape: str, seed: int) -> None:
+@click.option("--device", default="cpu", show_default=True)
+def main(out: Path, shape: str, seed: int, device: str) -> None:
     """Write a random-weight cache-aware FastConformer RNN-T to OUT (.nemo)."""
-    click.echo(build(out, shape, seed))
+    click.echo(build(out, shape, seed, device=device))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,121 @@
+"""Benchmark the ASR server end to end: eager vs CUDA-graph steps, same model, same run.
+
+Builds (once) a random-weight model of the real shape, then for each mode starts ``nemotron-asr``
+as a subprocess, waits for READY (``/health`` 200), drives it with ``bench/asr_load.py`` at each
+stream count, stops it with SIGTERM, and writes a JSON file and a Markdown table. Random weights:
+only the timings mean anything.
+
+    python bench/asr_bench.py --shape real --streams 1,64,256,512 --out results/
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import click
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "servers"))
+sys.path.insert(0, str(ROOT / "bench"))
+
+MODES = {"eager": ["--no-cuda-graphs"], "graphs": ["--cuda-graphs"]}
+
+
+def _wait_ready(port: int, process: subprocess.Popen, timeout: float) -> float:
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
+                if r.status == 200:
+                    return time.monotonic() - started
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError("server did not become ready")
+
+
+def _device_name() -> str:
+    import torch
+
+    return torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+
+
+@click.command()
+@click.option("--shape", default="real", type=click.Choice(["tiny", "real"]))
+@click.option("--model", "model_path", type=click.Path(path_type=Path), default=None,
+              help="use this .nemo instead of building one")
+@click.option("--modes", default="eager,graphs", show_default=True)
+@click.option("--streams", default="1,16,64,256,512", show_default=True)
+@click.option("--seconds", default=5.0, show_default=True)
+@click.option("--frame-ms", default=20, show_default=True)
+@click.option("--large-frame-ms", default=80, show_default=True,
+              help="frame size from 128 streams up, so one Python client process is not the limit")
+@click.option("--procs", default=8, show_default=True)
+@click.option("--right-context", default=1, show_default=True)
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("bench-out"))
+@click.option("--port", default=18080, show_default=True)
+def main(shape, model_path, modes, streams, seconds, frame_ms, large_frame_ms, procs, right_context,
+         out, port) -> None:
+    from asr_load import run_level
+
+    out.mkdir(parents=True, exist_ok=True)
+    if model_path is None:
+        from nemotron_asr.random_model import build
+
+        model_path = Path(f"/tmp/asr-{shape}.nemo")
+        if not model_path.exists():
+            started = time.monotonic()
+            build(model_path, shape, device="cuda" if _device_name() != "cpu" else "cpu")
+            click.echo(f"built {model_path} in {time.monotonic() - started:.0f} s", err=True)
+    counts = [int(n) for n in streams.split(",")]
+    report = {"device": _device_name(), "shape": shape, "right_context": right_context, "runs": {}}
+    for mode in modes.split(","):
+        log = (out / f"server-{mode}.log").open("w")
+        process = subprocess.Popen(
+            [sys.executable, "-m", "nemotron_asr", "--model", str(model_path), "--port", str(port),
+             "--right-context", str(right_context), "--max-sessions", str(max(counts)),
+             "--max-batch", str(max(counts)), *MODES[mode]],
+            stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": os.pathsep.join(
+                filter(None, [str(ROOT / "servers"), os.environ.get("PYTHONPATH")]))})
+        try:
+            ready_s = _wait_ready(port, process, 900)
+            rows = []
+            for count in counts:
+                size = frame_ms if count < 128 else large_frame_ms
+                row = run_level(f"ws://127.0.0.1:{port}/", count, seconds, size, procs, 500.0)
+                click.echo(f"{mode}: {json.dumps(row)}", err=True)
+                rows.append(row)
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as r:
+                health = json.loads(r.read())
+            report["runs"][mode] = {"ready_s": round(ready_s, 1), "rows": rows, "health": health}
+        finally:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(60)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        (out / "asr_bench.json").write_text(json.dumps(report, indent=1))
+    lines = [f"ASR time to final, {report['device']}, random weights ({shape} shape), "
+             f"right context {right_context}", "",
+             "| mode | streams | frame ms | TTF p50 | p95 | p99 | max | real-time streams | errors |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for mode, run in report["runs"].items():
+        for r in run["rows"]:
+            cells = [mode] + [r[k] for k in ("streams", "frame_ms", "ttf_p50_ms", "ttf_p95_ms", "ttf_p99_ms",
+                                             "ttf_max_ms", "realtime_streams", "errors")]
+            lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    (out / "asr_bench.md").write_text("\n".join(lines) + "\n")
+    click.echo("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,139 @@
+"""Load generator for the streaming ASR server, speaking the bots' protocol.
+
+N clients at once, each: connect, wait for ``ready``, send S seconds of 16 kHz s16le PCM at real-time
+pace, then a hard reset; the time from that reset to the final transcript is "time to final" (TTF).
+Same method as shared/gpu/asr_load.py (which measured the old server) so the numbers compare.
+Clients are spread over several processes so the generator is not the bottleneck at hundreds of
+streams. A stream "stays real time" when every frame went out within one frame of its due time and
+its final arrived within ``--realtime-ttf-ms``.
+
+    python bench/asr_load.py ws://127.0.0.1:8080/ --streams 1,16,64 --seconds 5 --frame-ms 20
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import multiprocessing
+import sys
+import time
+
+import click
+import numpy as np
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1] / "servers"))
+
+
+def _audio(seconds: float) -> bytes:
+    from nemotron_asr.random_model import speechlike_audio
+
+    return (speechlike_audio(seconds, seed=7) * 32767).astype("<i2").tobytes()
+
+
+async def _client(url: str, pcm: bytes, frame_bytes: int, start_at: float) -> dict:
+    from websockets.asyncio.client import connect
+
+    result: dict = {"ttf_ms": None, "late_ms": 0.0, "interims": 0, "error": None}
+    try:
+        async with connect(url, max_size=None, compression=None, open_timeout=60,
+                           ping_interval=None) as ws:
+            ready = json.loads(await asyncio.wait_for(ws.recv(), 60))
+            if ready.get("type") != "ready":
+                result["error"] = f"no ready: {ready}"
+                return result
+            await asyncio.sleep(max(0.0, start_at - time.time()))
+            final = asyncio.get_running_loop().create_future()
+
+            async def reader() -> None:
+                async for raw in ws:
+                    message = json.loads(raw)
+                    if message.get("type") == "transcript" and not message.get("is_final"):
+                        result["interims"] += 1
+                    elif message.get("type") == "transcript" and message.get("finalize"):
+                        final.set_result(time.perf_counter())
+                        return
+                    elif message.get("type") == "error":
+                        final.set_exception(RuntimeError(message.get("message")))
+                        return
+
+            read = asyncio.create_task(reader())
+            begin = time.perf_counter()
+            for offset in range(0, len(pcm), frame_bytes):
+                due = begin + offset / 32000
+                now = time.perf_counter()
+                if now < due:
+                    await asyncio.sleep(due - now)
+                else:
+                    result["late_ms"] = max(result["late_ms"], (now - due) * 1000)
+                await ws.send(pcm[offset:offset + frame_bytes])
+            reset_at = time.perf_counter()
+            await ws.send(json.dumps({"type": "reset", "finalize": True}))
+            result["ttf_ms"] = (await asyncio.wait_for(final, 300) - reset_at) * 1000
+            read.cancel()
+    except Exception as exc:  # noqa: BLE001 - counted and reported
+        result["error"] = f"{type(exc).__name__}: {exc}"
+    return result
+
+
+def _worker(args: tuple) -> list[dict]:
+    url, count, seconds, frame_bytes, start_at = args
+
+    async def run() -> list[dict]:
+        pcm = _audio(seconds)
+        return await asyncio.gather(*(_client(url, pcm, frame_bytes, start_at) for _ in range(count)))
+
+    return asyncio.run(run())
+
+
+def percentile(values: list[float], p: float) -> float | None:
+    if not values:
+        return None
+    return round(float(np.percentile(values, p)), 1)
+
+
+def run_level(url: str, streams: int, seconds: float, frame_ms: int, procs: int,
+              realtime_ttf_ms: float) -> dict:
+    frame_bytes = 32 * frame_ms
+    procs = max(1, min(procs, streams))
+    shares = [streams // procs + (1 if i < streams % procs else 0) for i in range(procs)]
+    start_at = time.time() + 3 + streams / 200  # everyone connects first, then starts together
+    with multiprocessing.get_context("spawn").Pool(procs) as pool:
+        results = [r for part in pool.map(_worker, [(url, n, seconds, frame_bytes, start_at)
+                                                     for n in shares]) for r in part]
+    ttf = [r["ttf_ms"] for r in results if r["ttf_ms"] is not None]
+    realtime = sum(1 for r in results if r["ttf_ms"] is not None and r["ttf_ms"] <= realtime_ttf_ms
+                   and r["late_ms"] <= frame_ms)
+    errors = [r["error"] for r in results if r["error"]]
+    return {"streams": streams, "audio_s": seconds, "frame_ms": frame_ms,
+            "ttf_p50_ms": percentile(ttf, 50), "ttf_p95_ms": percentile(ttf, 95),
+            "ttf_p99_ms": percentile(ttf, 99), "ttf_max_ms": percentile(ttf, 100),
+            "realtime_streams": realtime, "errors": len(errors), "first_error": errors[0] if errors else None,
+            "max_send_late_ms": round(max(r["late_ms"] for r in results), 1),
+            "mean_interims": round(sum(r["interims"] for r in results) / len(results), 1)}
+
+
+@click.command()
+@click.argument("url")
+@click.option("--streams", default="1,4,16", help="comma-separated stream counts, run in turn")
+@click.option("--seconds", default=5.0, show_default=True, help="audio per stream before the reset")
+@click.option("--frame-ms", default=20, show_default=True, help="audio per WebSocket frame")
+@click.option("--procs", default=4, show_default=True, help="client processes")
+@click.option("--realtime-ttf-ms", default=500.0, show_default=True,
+              help="a stream whose final takes longer did not keep up")
+@click.option("--json-out", type=click.Path(dir_okay=False), default=None)
+def main(url: str, streams: str, seconds: float, frame_ms: int, procs: int, realtime_ttf_ms: float,
+         json_out: str | None) -> None:
+    """Open N concurrent real-time streams against URL and report time to final."""
+    rows = []
+    for count in (int(n) for n in streams.split(",")):
+        row = run_level(url, count, seconds, frame_ms, procs, realtime_ttf_ms)
+        rows.append(row)
+        click.echo(json.dumps(row), err=False)
+    if json_out:
+        with open(json_out, "w") as f:
+            json.dump(rows, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

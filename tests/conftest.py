@@ -1,0 +1,18 @@
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "servers"))
+sys.path.insert(0, str(ROOT / "tests"))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def tiny_asr_model(tmp_path_factory) -> Path:
+    """A tiny random cache-aware FastConformer RNN-T, saved with save_to (loaded with restore_from)."""
+    from nemotron_asr.random_model import build
+
+    return build(tmp_path_factory.mktemp("asr") / "tiny-streaming.nemo", "tiny", seed=0)
