@@ -91,7 +91,12 @@ def main(shape, model_path, modes, streams, seconds, frame_ms, large_frame_ms, p
             rows = []
             for count in counts:
                 size = frame_ms if count < 128 else large_frame_ms
-                row = run_level(f"ws://127.0.0.1:{port}/", count, seconds, size, procs, 500.0)
+                try:
+                    row = run_level(f"ws://127.0.0.1:{port}/", count, seconds, size, procs, 500.0)
+                except Exception as exc:  # noqa: BLE001 - record it, dump the server's threads, go on
+                    process.send_signal(signal.SIGUSR1)
+                    time.sleep(2)
+                    row = {"streams": count, "frame_ms": size, "error": f"{type(exc).__name__}: {exc}"}
                 click.echo(f"{mode}: {json.dumps(row)}", err=True)
                 rows.append(row)
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as r:
@@ -110,8 +115,9 @@ def main(shape, model_path, modes, streams, seconds, frame_ms, large_frame_ms, p
              "|---|---|---|---|---|---|---|---|---|"]
     for mode, run in report["runs"].items():
         for r in run["rows"]:
-            cells = [mode] + [r[k] for k in ("streams", "frame_ms", "ttf_p50_ms", "ttf_p95_ms", "ttf_p99_ms",
-                                             "ttf_max_ms", "realtime_streams", "errors")]
+            keys = ("streams", "frame_ms", "ttf_p50_ms", "ttf_p95_ms", "ttf_p99_ms", "ttf_max_ms",
+                    "realtime_streams", "errors")
+            cells = [mode] + [r.get(k) for k in keys]
             lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     (out / "asr_bench.md").write_text("\n".join(lines) + "\n")
     click.echo("\n".join(lines))

@@ -69,7 +69,7 @@ async def _client(url: str, pcm: bytes, frame_bytes: int, start_at: float) -> di
                 await ws.send(pcm[offset:offset + frame_bytes])
             reset_at = time.perf_counter()
             await ws.send(json.dumps({"type": "reset", "finalize": True}))
-            result["ttf_ms"] = (await asyncio.wait_for(final, 300) - reset_at) * 1000
+            result["ttf_ms"] = (await asyncio.wait_for(final, 60) - reset_at) * 1000
             read.cancel()
     except Exception as exc:  # noqa: BLE001 - counted and reported
         result["error"] = f"{type(exc).__name__}: {exc}"
@@ -99,8 +99,9 @@ def run_level(url: str, streams: int, seconds: float, frame_ms: int, procs: int,
     shares = [streams // procs + (1 if i < streams % procs else 0) for i in range(procs)]
     start_at = time.time() + 3 + streams / 200  # everyone connects first, then starts together
     with multiprocessing.get_context("spawn").Pool(procs) as pool:
-        results = [r for part in pool.map(_worker, [(url, n, seconds, frame_bytes, start_at)
-                                                     for n in shares]) for r in part]
+        pending = pool.map_async(_worker, [(url, n, seconds, frame_bytes, start_at) for n in shares])
+        parts = pending.get(timeout=seconds + 120 + streams / 10)
+    results = [r for part in parts for r in part]
     ttf = [r["ttf_ms"] for r in results if r["ttf_ms"] is not None]
     realtime = sum(1 for r in results if r["ttf_ms"] is not None and r["ttf_ms"] <= realtime_ttf_ms
                    and r["late_ms"] <= frame_ms)

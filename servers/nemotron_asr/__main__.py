@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import faulthandler
+import signal
 import sys
 from pathlib import Path
 
@@ -25,6 +27,7 @@ def main(config_path: Path | None, **flags) -> None:
     variables and these flags, in increasing priority. Exit status 78 means a bad setting.
     """
     logs.setup()
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1` dumps every thread's stack
     try:
         config = load(ASRConfig, "asr", path=config_path, flags=flags)
         model_path = resolve_model(config)
