@@ -88,6 +88,7 @@ def main(shape, model_path, modes, streams, seconds, frame_ms, large_frame_ms, p
                 filter(None, [str(ROOT / "servers"), os.environ.get("PYTHONPATH")]))})
         try:
             ready_s = _wait_ready(port, process, 900)
+            click.echo(f"{mode}: server ready after {ready_s:.0f} s", err=True)
             rows = []
             for count in counts:
                 size = frame_ms if count < 128 else large_frame_ms

@@ -8,6 +8,8 @@ Runs the engine in-process (no sockets) on a random-weight model for each right 
 
 from __future__ import annotations
 
+import concurrent.futures
+import multiprocessing
 import sys
 import threading
 from pathlib import Path
@@ -18,6 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "servers"))
 
 
 def check(model_path: Path, right_context: int, cuda_graphs: bool, clips: int) -> dict:
+    """One process per configuration: NeMo's second restore_from in a process can fail on torch 2.11."""
     from nemotron_asr.engine import Engine
     from nemotron_asr.model import StreamingModel
     from nemotron_asr.random_model import speechlike_audio
@@ -58,7 +61,9 @@ def check(model_path: Path, right_context: int, cuda_graphs: bool, clips: int) -
 def main(model_path: Path, right_context: str, clips: int) -> None:
     for context in (int(r) for r in right_context.split(",")):
         for graphs in (False, True):
-            click.echo(check(model_path, context, graphs, clips))
+            spawn = multiprocessing.get_context("spawn")
+            with concurrent.futures.ProcessPoolExecutor(1, mp_context=spawn) as pool:
+                click.echo(pool.submit(check, model_path, context, graphs, clips).result())
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import multiprocessing
+import subprocess
 import sys
 import time
 
@@ -36,7 +36,7 @@ async def _client(url: str, pcm: bytes, frame_bytes: int, start_at: float) -> di
 
     result: dict = {"ttf_ms": None, "late_ms": 0.0, "interims": 0, "error": None}
     try:
-        async with connect(url, max_size=None, compression=None, open_timeout=60,
+        async with connect(url, max_size=None, compression=None, open_timeout=60, proxy=None,
                            ping_interval=None) as ws:
             ready = json.loads(await asyncio.wait_for(ws.recv(), 60))
             if ready.get("type") != "ready":
@@ -76,14 +76,9 @@ async def _client(url: str, pcm: bytes, frame_bytes: int, start_at: float) -> di
     return result
 
 
-def _worker(args: tuple) -> list[dict]:
-    url, count, seconds, frame_bytes, start_at = args
-
-    async def run() -> list[dict]:
-        pcm = _audio(seconds)
-        return await asyncio.gather(*(_client(url, pcm, frame_bytes, start_at) for _ in range(count)))
-
-    return asyncio.run(run())
+async def _clients(url: str, count: int, seconds: float, frame_bytes: int, start_at: float) -> list[dict]:
+    pcm = _audio(seconds)
+    return await asyncio.gather(*(_client(url, pcm, frame_bytes, start_at) for _ in range(count)))
 
 
 def percentile(values: list[float], p: float) -> float | None:
@@ -98,10 +93,13 @@ def run_level(url: str, streams: int, seconds: float, frame_ms: int, procs: int,
     procs = max(1, min(procs, streams))
     shares = [streams // procs + (1 if i < streams % procs else 0) for i in range(procs)]
     start_at = time.time() + 3 + streams / 200  # everyone connects first, then starts together
-    with multiprocessing.get_context("spawn").Pool(procs) as pool:
-        pending = pool.map_async(_worker, [(url, n, seconds, frame_bytes, start_at) for n in shares])
-        parts = pending.get(timeout=seconds + 120 + streams / 10)
-    results = [r for part in parts for r in part]
+    workers = [subprocess.Popen([sys.executable, __file__, "--worker", url, str(n), str(seconds),
+                                 str(frame_bytes), str(start_at)], stdout=subprocess.PIPE)
+               for n in shares[1:]]
+    results = asyncio.run(_clients(url, shares[0], seconds, frame_bytes, start_at))
+    for worker in workers:
+        output, _ = worker.communicate(timeout=seconds + 120)
+        results += json.loads(output)
     ttf = [r["ttf_ms"] for r in results if r["ttf_ms"] is not None]
     realtime = sum(1 for r in results if r["ttf_ms"] is not None and r["ttf_ms"] <= realtime_ttf_ms
                    and r["late_ms"] <= frame_ms)
@@ -137,4 +135,9 @@ def main(url: str, streams: str, seconds: float, frame_ms: int, procs: int, real
 
 
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:2] == ["--worker"]:  # one client process of a multi-process level
+        url, count, seconds, frame_bytes, start_at = sys.argv[2:7]
+        print(json.dumps(asyncio.run(_clients(url, int(count), float(seconds), int(frame_bytes),
+                                              float(start_at)))))
+    else:
+        main()

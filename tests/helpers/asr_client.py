@@ -26,7 +26,7 @@ class ASRClient:
 
     @classmethod
     async def open(cls, url: str) -> ASRClient:
-        connection = await connect(url, max_size=None, compression=None)
+        connection = await connect(url, max_size=None, compression=None, proxy=None)
         client = cls(connection)
         first = await client.receive(timeout=5)
         assert first == {"type": "ready"}, first
