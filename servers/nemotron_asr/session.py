@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import TYPE_CHECKING
 
 from loguru import logger
 
 from . import protocol
-from .engine import Engine, Result
+
+if TYPE_CHECKING:
+    from .engine import Engine, Result
 
 
 class Session:

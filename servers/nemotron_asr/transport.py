@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import http
+from typing import TYPE_CHECKING
 
 from loguru import logger
 from nemotron_common.health import HEALTH_PATHS, Health
@@ -18,8 +19,10 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from . import protocol
-from .engine import Engine
 from .session import Session
+
+if TYPE_CHECKING:
+    from .engine import Engine
 
 STREAM_PATHS = ("/", "/ws", "/v1/asr/stream")
 
@@ -52,6 +55,13 @@ class Transport:
         logger.info(f"listening on ws://{self.host}:{self.port}/ (health at /health)")
 
     def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        try:
+            return self._route(request)
+        except Exception as exc:
+            logger.opt(exception=exc).error(f"answering {request.path} failed: {exc}")
+            raise
+
+    def _route(self, request: Request) -> Response | None:
         path = request.path.split("?", 1)[0]
         if path in HEALTH_PATHS:
             return json_response(*self.health.encode(path))

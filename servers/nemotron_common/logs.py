@@ -28,10 +28,14 @@ class _InterceptHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            level = logger.level(record.levelname).name
-        except ValueError:
-            level = record.levelno
-        logger.opt(depth=6, exception=record.exc_info).log(level, record.getMessage())
+            try:
+                level = logger.level(record.levelname).name
+            except ValueError:
+                level = record.levelno
+            logger.patch(lambda r: r.update(name=record.name)).opt(exception=record.exc_info).log(
+                level, record.getMessage())
+        except Exception:  # noqa: BLE001 - a logging failure must never break the caller
+            self.handleError(record)
 
 
 def adopt(name: str, level: int = logging.WARNING) -> None:
@@ -57,3 +61,5 @@ def setup(level: str = "INFO") -> None:
                    format="<green>{time:HH:mm:ss.SSS}</green> <level>{level: <7}</level> "
                           "<cyan>{name}</cyan> {message}")
     logging.basicConfig(handlers=[_InterceptHandler()], level=logging.WARNING, force=True)
+    if level.upper() == "DEBUG":
+        logging.getLogger("websockets").setLevel(logging.DEBUG)
