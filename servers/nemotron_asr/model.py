@@ -36,9 +36,11 @@ def pick_dtype(name: str, device: torch.device) -> torch.dtype:
 
 def restore(path: Path, device: torch.device):
     from nemo.collections.asr.models import ASRModel
+    from nemotron_common import nemo_fixes
     from nemotron_common.logs import adopt
 
     adopt("nemo_logger")
+    nemo_fixes.apply()
     model = ASRModel.restore_from(str(path), map_location=device)
     return model.eval()
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 from loguru import logger
+from nemotron_common import nemo_fixes
 from nemotron_common.health import Health
 from nemotron_common.lifecycle import Progress
 
@@ -62,6 +63,7 @@ class ASRService:
         streams = self.config.warmup_streams or min(self.config.max_batch, self.config.max_sessions)
         progress(f"warming up with {streams} streams", LOAD_BUDGET_S)
         warm_s = self._warm_up(streams)
+        nemo_fixes.check_interned_bytes()
         self.device_text = model.describe()
         self.transport.engine = self.engine
         threading.Thread(target=self._watch_engine, name="engine-watch", daemon=True).start()

@@ -1,0 +1,67 @@
+"""Runtime fixes for NeMo 3.0.0 bugs that bite a long-running server on CUDA.
+
+NeMo compiles small CUDA kernels for its graph-captured greedy decoders with NVRTC
+(``nemo.core.utils.cuda_python_utils.run_nvrtc``). Two problems there:
+
+- It allocates the compile log as ``b" " * size`` and lets NVRTC write into it. An empty log has
+  size 1, and ``b" " * 1`` is CPython's shared one-byte ``b" "`` object, which then becomes
+  ``b"\\x00"`` for the whole process: every later ``b" "`` literal is a NUL byte. In our server this
+  broke the websockets HTTP parser (``request_line.split(b" ")``), so every connection after model
+  load was dropped without a response.
+- It passes no ``--gpu-architecture``, which fails on GPUs newer than NVRTC's default target (the
+  reference build for GB10, sm_121, patched NeMo's source for this).
+
+Both are fixed by giving ``run_nvrtc`` (which looks ``nvrtc`` up at call time) a wrapper of the
+``nvrtc`` module; NeMo's files stay untouched, so a NeMo upgrade cannot silently undo the fix.
+"""
+
+from __future__ import annotations
+
+from loguru import logger
+
+
+class _SafeNvrtc:
+    def __init__(self, nvrtc, arch_option: bytes | None) -> None:
+        self._nvrtc = nvrtc
+        self._arch_option = arch_option
+
+    def __getattr__(self, name: str):
+        return getattr(self._nvrtc, name)
+
+    def nvrtcGetProgramLog(self, prog, buffer):  # noqa: N802 - NVRTC's name
+        # A private buffer, never a shared interned bytes object; NeMo does not read the log.
+        return self._nvrtc.nvrtcGetProgramLog(prog, bytes(bytearray(max(len(buffer), 2))))
+
+    def nvrtcCompileProgram(self, prog, count, options):  # noqa: N802 - NVRTC's name
+        options = list(options)
+        if self._arch_option and not any(o.startswith(b"--gpu-architecture") for o in options):
+            options.append(self._arch_option)
+        return self._nvrtc.nvrtcCompileProgram(prog, len(options), options)
+
+
+def _arch_option() -> bytes | None:
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    major, minor = torch.cuda.get_device_capability()
+    return f"--gpu-architecture=compute_{major}{minor}".encode()
+
+
+def apply() -> None:
+    try:
+        from nemo.core.utils import cuda_python_utils
+    except ImportError:
+        return
+    nvrtc = getattr(cuda_python_utils, "nvrtc", None)
+    if nvrtc is None or isinstance(nvrtc, _SafeNvrtc):
+        return
+    cuda_python_utils.nvrtc = _SafeNvrtc(nvrtc, _arch_option())
+    logger.debug("patched NeMo's NVRTC helper (shared log buffer, GPU architecture option)")
+
+
+def check_interned_bytes() -> None:
+    """Fail loudly if some extension corrupted CPython's shared one-byte objects."""
+    if b" " != bytes([32]):
+        raise RuntimeError("the interned b' ' object was overwritten by a C extension; "
+                           "HTTP parsing would fail")
