@@ -66,8 +66,28 @@ class _Step:
     count: int
 
 
-class EngineFailed(RuntimeError):
-    pass
+class StepStats:
+    """Per step kind: steps, streams stepped, and milliseconds in each phase (for /health)."""
+
+    PHASES = ("features", "encoder", "decoder", "results")
+
+    def __init__(self) -> None:
+        self.kinds: dict[str, dict[str, float]] = {}
+
+    def add(self, kind: str, streams: int, times: list[float]) -> None:
+        entry = self.kinds.setdefault(kind, {"steps": 0, "streams": 0, **{p: 0.0 for p in self.PHASES}})
+        entry["steps"] += 1
+        entry["streams"] += streams
+        for phase, start, end in zip(self.PHASES, times, times[1:], strict=False):
+            entry[phase] += (end - start) * 1000
+
+    def summary(self) -> dict:
+        out = {}
+        for kind, e in self.kinds.items():
+            steps = max(e["steps"], 1)
+            out[kind] = {"steps": int(e["steps"]), "mean_streams": round(e["streams"] / steps, 1),
+                         **{f"{p}_ms": round(e[p] / steps, 2) for p in self.PHASES}}
+        return out
 
 
 class Engine:
@@ -81,7 +101,7 @@ class Engine:
         self._stop = False
         self.failed = threading.Event()
         self.heartbeat = time.monotonic()
-        self.steps_run = 0
+        self.stats = StepStats()
 
     # --- called from any thread -------------------------------------------------------------
     def start(self) -> None:
@@ -202,6 +222,7 @@ class Engine:
             for step in steps:
                 self._finish_utterance(step.stream)
             return
+        times = [time.perf_counter()]
         static = self.model.kinds[kind].frames
         requests = []
         for step in steps:
@@ -210,9 +231,13 @@ class Engine:
                                          step.first, step.count))
         features = self.model.featurizer.frames(requests, static)
         lengths = torch.tensor([step.count for step in steps], device=self.model.device)
+        self.model.synchronize()
+        times.append(time.perf_counter())
         output = self.model.encode(kind, features, lengths, [step.stream.slot for step in steps])
+        self.model.synchronize()
+        times.append(time.perf_counter())
         hypotheses = self.model.decode(output, [step.stream.hypothesis for step in steps])
-        self.steps_run += 1
+        times.append(time.perf_counter())
         for step, hypothesis in zip(steps, hypotheses, strict=True):
             stream = step.stream
             stream.hypothesis = hypothesis
@@ -227,6 +252,8 @@ class Engine:
             if text != stream.text:
                 stream.text = text
                 stream.deliver(Result("interim", text, self._audio_ms(stream)))
+        times.append(time.perf_counter())
+        self.stats.add(kind, len(steps), times)
 
     def _drop_used_audio(self, stream: _Stream) -> None:
         keep_from = self.model.featurizer.oldest_sample_needed(stream.consumed - self.model.pre)

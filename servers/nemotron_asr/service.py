@@ -39,6 +39,8 @@ class ASRService:
                    "max_sessions": self.config.max_sessions}
         if self.device_text:
             details["device"] = self.device_text
+        if self.engine is not None:
+            details["steps"] = self.engine.stats.summary()
         return details
 
     async def listen(self) -> None:
