@@ -42,6 +42,7 @@ class Transport:
         self.max_frame_bytes = max_frame_bytes
         self.engine: Engine | None = None  # set once the model is loaded
         self.sessions: set[Session] = set()
+        self.connections: set[ServerConnection] = set()
         self.server: Server | None = None
         self.accepting = True
 
@@ -81,6 +82,7 @@ class Transport:
             return
         session = Session(self.engine, self.max_frame_bytes, peer)
         self.sessions.add(session)
+        self.connections.add(connection)
         writer = session.writer = asyncio.create_task(self._write(connection, session))
         logger.debug(f"{peer}: session {session.stream_id} opened")
         try:
@@ -94,6 +96,7 @@ class Transport:
             pass
         finally:
             self.sessions.discard(session)
+            self.connections.discard(connection)
             session.close()
             await asyncio.gather(writer, return_exceptions=True)
             logger.debug(f"{peer}: session {session.stream_id} closed")
@@ -120,6 +123,10 @@ class Transport:
         await self.close()
 
     async def close(self) -> None:
+        # Server.close() acts only on its first call (the drain's, which left connections open),
+        # so close what is still open here, with 1001 "going away".
+        await asyncio.gather(*(c.close(1001, "server shutting down") for c in list(self.connections)),
+                             return_exceptions=True)
         if self.server:
             self.server.close(close_connections=True)
             await self.server.wait_closed()

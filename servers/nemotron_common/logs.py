@@ -17,7 +17,7 @@ SYSLOG_PRIORITY = {"TRACE": 7, "DEBUG": 7, "INFO": 6, "SUCCESS": 5, "WARNING": 4
 
 def _journal_format(record) -> str:
     priority = SYSLOG_PRIORITY.get(record["level"].name, 6)
-    text = f"<{priority}>{{name}}: {{message}}\n"
+    text = f"\\<{priority}>{{name}}: {{message}}\n"  # "\<" is a literal "<", not a colour tag
     if record["exception"]:
         text += "{exception}"
     return text

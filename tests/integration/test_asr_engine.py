@@ -1,0 +1,97 @@
+"""The batched streaming engine against NeMo's offline transcription (real NeMo, tiny model)."""
+
+import threading
+
+import pytest
+from helpers.asr_client import pcm_as_float, to_pcm
+from nemotron_asr.engine import Engine
+from nemotron_asr.model import StreamingModel
+from nemotron_asr.random_model import speechlike_audio
+
+pytestmark = pytest.mark.slow
+
+
+def stream_through(engine, pcms, frame_bytes=640):
+    """Feed several utterances at once in 20 ms frames, interleaved; return each stream's results."""
+    results = {i: [] for i in range(len(pcms))}
+    finals = threading.Semaphore(0)
+    ids = []
+    for index in range(len(pcms)):
+        def deliver(result, index=index):
+            results[index].append(result)
+            if result.kind == "final":
+                finals.release()
+        ids.append(engine.open(deliver))
+    longest = max(len(p) for p in pcms)
+    for offset in range(0, longest, frame_bytes):
+        for stream, pcm in zip(ids, pcms, strict=True):
+            if offset < len(pcm):
+                engine.feed(stream, pcm[offset:offset + frame_bytes])
+    for stream in ids:
+        engine.finalize(stream)
+    for _ in pcms:
+        assert finals.acquire(timeout=120)
+    for stream in ids:
+        engine.close(stream)
+    return results
+
+
+@pytest.mark.parametrize("right_context", [1, 6, 13])
+def test_streamed_finals_equal_offline_transcription(tiny_asr_model, right_context):
+    model = StreamingModel(tiny_asr_model, right_context, max_streams=4)
+    model.capture()
+    engine = Engine(model, max_batch=4)
+    engine.start()
+    try:
+        # lengths chosen to end mid-chunk, exactly on a chunk, and before the first chunk is complete
+        seconds = [2.37, 1.0 + model.chunk_ms / 1000, 0.05, 3.1]
+        pcms = [to_pcm(speechlike_audio(s, seed=i)) for i, s in enumerate(seconds)]
+        results = stream_through(engine, pcms)
+    finally:
+        engine.stop()
+    offline = [model.transcribe_offline(pcm_as_float(pcm)) for pcm in pcms]
+    assert sum(bool(text) for text in offline) >= 3, offline  # the random model really emits text
+    assert all(len(text.split()) < 200 for text in offline)
+    for index, expected in enumerate(offline):
+        finals = [r.text for r in results[index] if r.kind == "final"]
+        assert finals == [expected], (index, expected, finals)
+    # streams really shared batched steps
+    assert engine.stats.summary()["steady"]["mean_streams"] > 1.5
+
+
+def test_interims_are_cumulative_and_only_on_change(tiny_asr_model):
+    model = StreamingModel(tiny_asr_model, 1, max_streams=1)
+    model.capture()
+    engine = Engine(model, max_batch=1)
+    engine.start()
+    try:
+        results = stream_through(engine, [to_pcm(speechlike_audio(3.0, seed=3))])[0]
+    finally:
+        engine.stop()
+    interims = [r.text for r in results if r.kind == "interim"]
+    assert interims, "expected interim transcripts for 3 s of audio"
+    assert all(a != b for a, b in zip(interims, interims[1:], strict=False))
+    pairs = zip(interims, interims[1:], strict=False)
+    assert all(b.startswith(a.rstrip()) or len(b) >= len(a) for a, b in pairs)
+    assert results[-1].kind == "final" and results[-1].text.startswith(interims[-1][:1])
+
+
+def test_chunk_cost_does_not_grow_with_utterance_length(tiny_asr_model):
+    """Only the audio the next chunk needs is kept: featurisation reads a bounded window."""
+    model = StreamingModel(tiny_asr_model, 1, max_streams=1)
+    model.capture()
+    engine = Engine(model, max_batch=1)
+    kept = []
+    engine._drop_used_audio_original = engine._drop_used_audio
+
+    def spy(stream):
+        engine._drop_used_audio_original(stream)
+        kept.append(len(stream.audio))
+    engine._drop_used_audio = spy
+    engine.start()
+    try:
+        stream_through(engine, [to_pcm(speechlike_audio(20.0, seed=5))])
+    finally:
+        engine.stop()
+    assert len(kept) > 100
+    assert max(kept) <= max(kept[:10]) + 2 * 2560  # 20 s of audio, the window stays one chunk wide

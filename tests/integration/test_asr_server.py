@@ -1,0 +1,218 @@
+"""The real nemotron-asr process over loopback: protocol, bad input, readiness, health, drain."""
+
+import asyncio
+import json
+import signal
+import time
+
+import pytest
+from helpers.asr_client import ASRClient, pcm_as_float, to_pcm
+from helpers.process import ServerProcess, get_json
+from nemotron_asr.random_model import speechlike_audio
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
+
+pytestmark = pytest.mark.slow
+MAX_SESSIONS = 3
+
+
+@pytest.fixture(scope="module")
+def server(tiny_asr_model):
+    proc = ServerProcess("nemotron_asr", ["--model", str(tiny_asr_model), "--max-sessions", str(MAX_SESSIONS),
+                                          "--max-frame-bytes", "64000", "--right-context", "1"],
+                         env={"WATCHDOG_USEC": "1000000", "JOURNAL_STREAM": "8:1"})
+    proc.wait_listening()
+    proc.health_while_starting = proc.health()
+    proc.wait_ready()
+    yield proc
+    proc.terminate()
+
+
+@pytest.fixture(scope="module")
+def offline(tiny_asr_model):
+    from nemotron_asr.model import StreamingModel
+
+    model = StreamingModel(tiny_asr_model, 1, max_streams=1)
+    return lambda pcm: model.transcribe_offline(pcm_as_float(pcm))
+
+
+def clip(seconds, seed):
+    return to_pcm(speechlike_audio(seconds, seed))
+
+
+def run(coro):
+    return asyncio.run(asyncio.wait_for(coro, 120))
+
+
+def test_readiness_reported_to_systemd_after_warmup(server):
+    assert server.health_while_starting[0] == 503
+    assert server.health_while_starting[1]["status"] == "loading"
+    fields = server.notify.fields()
+    ready = fields.index("READY=1")
+    before = fields[:ready]
+    assert any(f.startswith("STATUS=loading") for f in before)
+    assert any(f.startswith("STATUS=warming up") for f in before)
+    assert any(f.startswith("EXTEND_TIMEOUT_USEC=") for f in before)
+    assert server.notify.wait_for("WATCHDOG=1", timeout=5)
+    assert all(f.encode("ascii") for f in fields)
+
+
+def test_health_endpoints(server):
+    for path in ("/health", "/v1/health/ready", "/v1/health/live"):
+        status, body = server.health(path)
+        assert status == 200 and body["status"] == "healthy" and body["model_loaded"] is True
+    assert get_json(server.base + "/nope")[0] == 404
+
+
+def test_journal_priorities_in_the_log(server):
+    assert "<5>" in server.log() and "ready on cpu" in server.log()
+
+
+def test_final_transcript_equals_offline_and_resets_behave(server, offline):
+    first, second = clip(2.37, 3), clip(1.3, 0)
+    expected_first, expected_second = offline(first), offline(second)
+    assert expected_first and expected_second and expected_first != expected_second
+
+    async def scenario():
+        client = await ASRClient.open(server.ws_url)
+        await client.send_audio(first)
+        await client.reset(finalize=False)  # soft: current text, nothing changes
+        soft = await client.until(lambda m: m.get("finalize") is False)
+        await client.reset(finalize=None)  # finalize absent means hard
+        final_first = await client.final()
+        await client.send_audio(second)  # a fresh utterance: nothing carries over
+        await client.reset(kind="end")
+        final_second = await client.final()
+        await client.reset()  # hard reset with no audio: an empty final, still exactly one
+        empty = await client.final()
+        await client.close()
+        return client.messages, soft, final_first, final_second, empty
+
+    messages, soft, final_first, final_second, empty = run(scenario())
+    assert soft["type"] == "transcript" and soft["is_final"] is True
+    assert expected_first.startswith(soft["text"].rstrip())
+    assert final_first["text"] == expected_first
+    assert final_second["text"] == expected_second
+    assert empty["text"] == ""
+    interims = [m for m in messages if m.get("type") == "transcript" and not m["is_final"]]
+    assert all(set(m) == {"type", "text", "is_final"} for m in interims)
+    assert sum(1 for m in messages if m.get("finalize") is True) == 3
+
+
+def test_back_to_back_hard_resets_each_get_one_final_in_order(server, offline):
+    pcm = clip(1.7, 3)
+
+    async def scenario():
+        client = await ASRClient.open(server.ws_url)
+        await client.send_audio(pcm)
+        await client.reset()
+        await client.reset()
+        finals = [await client.final(), await client.final()]
+        await client.close()
+        return finals
+
+    finals = run(scenario())
+    assert [f["text"] for f in finals] == [offline(pcm), ""]
+
+
+def test_concurrent_clients_get_their_own_transcripts(server, offline):
+    pcms = [clip(1.1 + 0.6 * i, seed) for i, seed in enumerate((0, 3, 5))]
+    expected = [offline(p) for p in pcms]
+    assert len(set(expected)) == 3
+
+    async def one(pcm):
+        client = await ASRClient.open(server.ws_url)
+        await client.send_audio(pcm, realtime=True)
+        await client.reset()
+        text = (await client.final())["text"]
+        await client.close()
+        return text
+
+    async def together():
+        return await asyncio.gather(*(one(p) for p in pcms))
+
+    assert run(together()) == expected
+    steady = server.health()[1]["steps"]["steady"]
+    assert steady["mean_streams"] > 1.0  # their chunks were batched into shared steps
+
+
+def test_bad_input_gets_errors_and_the_session_survives(server, offline):
+    pcm = clip(1.5, 3)
+
+    async def scenario():
+        client = await ASRClient.open(server.ws_url)
+        await client.ws.send(pcm[:641])  # odd byte count: error, byte kept for the next frame
+        odd = await client.until(lambda m: m["type"] == "error")
+        await client.ws.send("this is not json")
+        garbage = await client.until(lambda m: m["type"] == "error")
+        await client.ws.send(json.dumps({"type": "pause"}))
+        unknown = await client.until(lambda m: m["type"] == "error")
+        await client.ws.send(b"\x00" * 64002)  # over --max-frame-bytes
+        oversized = await client.until(lambda m: m["type"] == "error")
+        await client.send_audio(pcm[641:])
+        await client.reset()
+        final = await client.final()
+        await client.close()
+        return odd, garbage, unknown, oversized, final
+
+    odd, garbage, unknown, oversized, final = run(scenario())
+    assert "16-bit" in odd["message"]
+    assert "JSON" in garbage["message"]
+    assert "unknown message type 'pause'" in unknown["message"]
+    assert "exceeds the limit" in oversized["message"]
+    assert final["text"] == offline(pcm)  # nothing lost, nothing duplicated
+
+
+def test_session_limit_and_vanishing_clients_do_not_disturb_others(server, offline):
+    pcm = clip(1.2, 0)
+
+    async def scenario():
+        survivor = await ASRClient.open(server.ws_url)
+        leavers = [await ASRClient.open(server.ws_url) for _ in range(MAX_SESSIONS - 1)]
+        extra = await connect(server.ws_url, proxy=None)
+        error = json.loads(await asyncio.wait_for(extra.recv(), 10))
+        with pytest.raises(ConnectionClosed) as closed:
+            await asyncio.wait_for(extra.recv(), 10)
+        for leaver in leavers:  # disappear mid-utterance without a reset
+            await leaver.send_audio(pcm[: len(pcm) // 2])
+            leaver.ws.transport.abort()
+        await survivor.send_audio(pcm)
+        await survivor.reset()
+        text = (await survivor.final())["text"]
+        await survivor.close()
+        return error, closed.value.rcvd.code, text
+
+    error, code, text = run(scenario())
+    assert error["type"] == "error" and "too many sessions" in error["message"]
+    assert code == 1013
+    assert text == offline(pcm)
+    deadline = time.monotonic() + 10
+    while server.health()[1]["sessions"] and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert server.health()[1]["sessions"] == 0
+
+
+def test_sigterm_drains_open_sessions_with_their_final(tiny_asr_model, offline):
+    proc = ServerProcess("nemotron_asr", ["--model", str(tiny_asr_model), "--max-sessions", "2"])
+    proc.wait_ready()
+    pcm = clip(1.9, 3)
+
+    async def scenario():
+        client = await ASRClient.open(proc.ws_url)
+        await client.send_audio(pcm)
+        await asyncio.sleep(0.3)
+        proc.process.send_signal(signal.SIGTERM)
+        final = await client.final()
+        with pytest.raises(ConnectionClosed) as closed:
+            await client.receive(timeout=15)
+        return final, closed.value.rcvd.code
+
+    try:
+        final, code = run(scenario())
+        assert proc.process.wait(30) == 0
+    finally:
+        proc.terminate()
+    assert final["text"] == offline(pcm)
+    assert code == 1001
+    fields = proc.notify.fields()
+    assert "STOPPING=1" in fields and fields.index("STOPPING=1") > fields.index("READY=1")
