@@ -219,8 +219,7 @@ class Engine:
 
     def _run_step(self, kind: str, steps: list[_Step]) -> None:
         if kind == "done":
-            for step in steps:
-                self._finish_utterance(step.stream)
+            self._finish_utterances([step.stream for step in steps])
             return
         times = [time.perf_counter()]
         static = self.model.kinds[kind].frames
@@ -246,12 +245,13 @@ class Engine:
             text = self.model.text_of(hypothesis)
             if kind in FINAL_KINDS:
                 stream.text = text
-                self._finish_utterance(stream)
                 continue
             self._drop_used_audio(stream)
             if text != stream.text:
                 stream.text = text
                 stream.deliver(Result("interim", text, self._audio_ms(stream)))
+        if kind in FINAL_KINDS:
+            self._finish_utterances([step.stream for step in steps])
         times.append(time.perf_counter())
         self.stats.add(kind, len(steps), times)
 
@@ -264,11 +264,12 @@ class Engine:
     def _audio_ms(self, stream: _Stream) -> float:
         return stream.total * 1000.0 / self.model.featurizer.sample_rate
 
-    def _finish_utterance(self, stream: _Stream) -> None:
-        stream.deliver(Result("final", stream.text, self._audio_ms(stream)))
-        self.model.pool.reset([stream.slot])
-        backlog = stream.backlog
-        fresh = _Stream(stream.id, stream.deliver, slot=stream.slot)
-        self._streams[stream.id] = fresh
-        for action, payload in backlog:
-            self._apply(action, stream.id, payload)
+    def _finish_utterances(self, streams: list[_Stream]) -> None:
+        """Send the finals first (that is the latency users feel), then start fresh utterances."""
+        for stream in streams:
+            stream.deliver(Result("final", stream.text, self._audio_ms(stream)))
+        self.model.pool.reset([stream.slot for stream in streams])
+        for stream in streams:
+            self._streams[stream.id] = _Stream(stream.id, stream.deliver, slot=stream.slot)
+            for action, payload in stream.backlog:
+                self._apply(action, stream.id, payload)

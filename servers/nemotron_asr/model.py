@@ -128,6 +128,8 @@ class StreamingModel:
     def text_of(self, hypothesis) -> str:
         if hypothesis is None:
             return ""
+        if isinstance(hypothesis.text, str):  # NeMo's decoding already turned the tokens into text
+            return hypothesis.text.strip()
         tokens = hypothesis.y_sequence
         tokens = tokens.tolist() if isinstance(tokens, torch.Tensor) else list(tokens)
         return self.model.tokenizer.ids_to_text(tokens).strip() if tokens else ""
