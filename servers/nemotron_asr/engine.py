@@ -49,6 +49,7 @@ class _Stream:
     started: bool = False
     hypothesis: object = None
     text: str = ""
+    tokens: int = 0  # tokens in ``hypothesis`` when ``text`` was computed
     finalizing: bool = False
     backlog: deque = field(default_factory=deque)
 
@@ -242,7 +243,10 @@ class Engine:
             stream.hypothesis = hypothesis
             stream.started = True
             stream.consumed = step.first + step.count
-            text = self.model.text_of(hypothesis)
+            tokens = self.model.token_count(hypothesis)
+            text = stream.text
+            if tokens != stream.tokens:
+                text, stream.tokens = self.model.text_of(hypothesis), tokens
             if kind in FINAL_KINDS:
                 stream.text = text
                 continue

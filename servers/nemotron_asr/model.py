@@ -116,10 +116,19 @@ class StreamingModel:
         return StepOutput(encoded.float(), encoded_len)
 
     def decode(self, output: StepOutput, hypotheses: list) -> list:
-        """Greedy RNN-T decoding that continues each stream's previous hypothesis (None = new)."""
-        return self.model.decoding.rnnt_decoder_predictions_tensor(
-            encoder_output=output.encoded, encoded_lengths=output.encoded_len, return_hypotheses=True,
-            partial_hypotheses=hypotheses)
+        """Greedy RNN-T decoding that continues each stream's previous hypothesis (None = new).
+
+        Calls NeMo's greedy decoder without its per-hypothesis detokenisation, which would re-read
+        every stream's whole transcript each step; :meth:`text_of` does that only when tokens change.
+        """
+        with torch.inference_mode():
+            return self.model.decoding.decoding(encoder_output=output.encoded,
+                                                encoded_lengths=output.encoded_len,
+                                                partial_hypotheses=hypotheses)[0]
+
+    @staticmethod
+    def token_count(hypothesis) -> int:
+        return 0 if hypothesis is None or hypothesis.y_sequence is None else len(hypothesis.y_sequence)
 
     def synchronize(self) -> None:
         if self.device.type == "cuda":
@@ -128,11 +137,7 @@ class StreamingModel:
     def text_of(self, hypothesis) -> str:
         if hypothesis is None:
             return ""
-        if isinstance(hypothesis.text, str):  # NeMo's decoding already turned the tokens into text
-            return hypothesis.text.strip()
-        tokens = hypothesis.y_sequence
-        tokens = tokens.tolist() if isinstance(tokens, torch.Tensor) else list(tokens)
-        return self.model.tokenizer.ids_to_text(tokens).strip() if tokens else ""
+        return self.model.decoding.decode_hypothesis([hypothesis])[0].text.strip()
 
     def transcribe_offline(self, audio) -> str:
         """Whole-utterance transcription with the same context setting (the reference for tests)."""
