@@ -47,9 +47,8 @@ class _Stream:
     total: int = 0
     consumed: int = 0  # mel frames already given to the encoder
     started: bool = False
-    hypothesis: object = None
+    tokens: list = field(default_factory=list)  # token ids of the utterance so far
     text: str = ""
-    tokens: int = 0  # tokens in ``hypothesis`` when ``text`` was computed
     finalizing: bool = False
     backlog: deque = field(default_factory=deque)
 
@@ -173,6 +172,7 @@ class Engine:
         if action == "open":
             stream = _Stream(stream_id, payload)
             stream.slot = self.model.pool.acquire()
+            self.model.decoder.reset([stream.slot])
             self._streams[stream_id] = stream
             return
         stream = self._streams.get(stream_id)
@@ -236,17 +236,16 @@ class Engine:
         output = self.model.encode(kind, features, lengths, [step.stream.slot for step in steps])
         self.model.synchronize()
         times.append(time.perf_counter())
-        hypotheses = self.model.decode(output, [step.stream.hypothesis for step in steps])
+        emitted = self.model.decode(output, [step.stream.slot for step in steps])
         times.append(time.perf_counter())
-        for step, hypothesis in zip(steps, hypotheses, strict=True):
+        for step, new_tokens in zip(steps, emitted, strict=True):
             stream = step.stream
-            stream.hypothesis = hypothesis
             stream.started = True
             stream.consumed = step.first + step.count
-            tokens = self.model.token_count(hypothesis)
             text = stream.text
-            if tokens != stream.tokens:
-                text, stream.tokens = self.model.text_of(hypothesis), tokens
+            if new_tokens:
+                stream.tokens.extend(new_tokens)
+                text = self.model.text_of(stream.tokens)
             if kind in FINAL_KINDS:
                 stream.text = text
                 continue
@@ -272,7 +271,7 @@ class Engine:
         """Send the finals first (that is the latency users feel), then start fresh utterances."""
         for stream in streams:
             stream.deliver(Result("final", stream.text, self._audio_ms(stream)))
-        self.model.pool.reset([stream.slot for stream in streams])
+        self.model.reset_streams([stream.slot for stream in streams])
         for stream in streams:
             self._streams[stream.id] = _Stream(stream.id, stream.deliver, slot=stream.slot)
             for action, payload in stream.backlog:

@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 from loguru import logger
 
+from .decoder import DecoderPool
 from .featurizer import Featurizer
 from .steps import CachePool, EagerStep, GraphStep, StepKind, step_kinds
 
@@ -91,7 +92,7 @@ class StreamingModel:
         self.buckets = buckets
         self._graph_pool = torch.cuda.graph_pool_handle() if self.uses_graphs else None
         self.steps: dict[str, EagerStep | GraphStep] = {}
-        self.model.decoding.decoding.preserve_alignments = False
+        self.decoder = DecoderPool(self.model, max_streams, self.device)
 
     def capture(self, progress=None) -> None:
         """Build the per-kind step runners (captures CUDA graphs; seconds per kind on a GPU)."""
@@ -115,29 +116,21 @@ class StreamingModel:
         self.pool.scatter(index, channel, time, channel_len)
         return StepOutput(encoded.float(), encoded_len)
 
-    def decode(self, output: StepOutput, hypotheses: list) -> list:
-        """Greedy RNN-T decoding that continues each stream's previous hypothesis (None = new).
+    def decode(self, output: StepOutput, slots: list[int]) -> list[list[int]]:
+        """Greedy decoding of one chunk per stream; returns the tokens each stream emitted."""
+        return self.decoder.step(output.encoded, output.encoded_len, slots)
 
-        Calls NeMo's greedy decoder without its per-hypothesis detokenisation, which would re-read
-        every stream's whole transcript each step; :meth:`text_of` does that only when tokens change.
-        """
-        with torch.inference_mode():
-            return self.model.decoding.decoding(encoder_output=output.encoded,
-                                                encoded_lengths=output.encoded_len,
-                                                partial_hypotheses=hypotheses)[0]
-
-    @staticmethod
-    def token_count(hypothesis) -> int:
-        return 0 if hypothesis is None or hypothesis.y_sequence is None else len(hypothesis.y_sequence)
+    def reset_streams(self, slots: list[int]) -> None:
+        """Fresh encoder caches and decoder state for new utterances in ``slots``."""
+        self.pool.reset(slots)
+        self.decoder.reset(slots)
 
     def synchronize(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
-    def text_of(self, hypothesis) -> str:
-        if hypothesis is None:
-            return ""
-        return self.model.decoding.decode_hypothesis([hypothesis])[0].text.strip()
+    def text_of(self, tokens: list[int]) -> str:
+        return self.decoder.text(tokens) if tokens else ""
 
     def transcribe_offline(self, audio) -> str:
         """Whole-utterance transcription with the same context setting (the reference for tests)."""
@@ -148,7 +141,7 @@ class StreamingModel:
             encoded, encoded_len = self.encoder(audio_signal=mel.to(self.dtype), length=mel_len)
             hyps = self.model.decoding.rnnt_decoder_predictions_tensor(
                 encoder_output=encoded.float(), encoded_lengths=encoded_len, return_hypotheses=True)
-        return self.text_of(hyps[0])
+        return hyps[0].text.strip()
 
     def describe(self) -> str:
         name = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu"

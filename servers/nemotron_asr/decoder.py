@@ -1,0 +1,79 @@
+"""Greedy RNN-T decoding with every stream's decoder state kept batched, one slot per stream.
+
+NeMo's hypothesis-based streaming API splits the batched decoder state into one object per stream
+after each step and merges them back before the next (Python work per stream per step). Here the
+state lives in one ``BatchedLabelLoopingState`` indexed by slot, like the encoder caches: a step
+gathers its streams' rows, runs NeMo's label-looping decoder (CUDA-graph captured by NeMo on GPU),
+and scatters the new rows back. Only the tokens emitted in the step come back to the CPU.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def _select(value, index: torch.Tensor, dim: int):
+    if isinstance(value, (tuple, list)):
+        return type(value)(_select(v, index, dim) for v in value)
+    return value.index_select(dim, index)
+
+
+def _copy_into(target, index: torch.Tensor, source, dim: int) -> None:
+    """Copy rows into ``target`` at ``index``; ``source`` may hold more rows (NeMo's CUDA-graph
+    decoder returns its state at the captured batch size), of which the first ones are ours."""
+    if isinstance(target, (tuple, list)):
+        for t, s in zip(target, source, strict=True):
+            _copy_into(t, index, s, dim)
+    else:
+        target.index_copy_(dim, index, source.narrow(dim, 0, index.numel()).to(target.dtype))
+
+
+class DecoderPool:
+    def __init__(self, model, slots: int, device: torch.device) -> None:
+        greedy = model.decoding.decoding
+        self.computer = getattr(greedy, "decoding_computer", None)
+        if self.computer is None or not hasattr(self.computer, "reset_state_by_mask"):
+            raise ValueError("streaming needs NeMo's label-looping greedy decoder "
+                             "(decoding strategy greedy_batch with loop_labels)")
+        self.decoding = model.decoding
+        self.device = device
+        self.slots = slots
+        self.state = self.computer._get_batched_decoding_state_after_sos(device=device, batch_size=slots)
+
+    def reset(self, slots: list[int]) -> None:
+        mask = torch.zeros(self.slots, dtype=torch.bool, device=self.device)
+        mask[torch.tensor(slots, device=self.device)] = True
+        self.computer.reset_state_by_mask(self.state, mask)
+
+    def _gather(self, index: torch.Tensor):
+        state = self.state
+        return type(state)(predictor_states=_select(state.predictor_states, index, 1),
+                           predictor_outputs=state.predictor_outputs.index_select(0, index),
+                           labels=state.labels.index_select(0, index),
+                           decoded_lengths=state.decoded_lengths.index_select(0, index),
+                           fusion_states_list=[f.index_select(0, index) for f in state.fusion_states_list],
+                           time_jumps=None)
+
+    def _scatter(self, index: torch.Tensor, new) -> None:
+        state = self.state
+        _copy_into(state.predictor_states, index, new.predictor_states, 1)
+        _copy_into(state.predictor_outputs, index, new.predictor_outputs, 0)
+        _copy_into(state.labels, index, new.labels, 0)
+        _copy_into(state.decoded_lengths, index, new.decoded_lengths, 0)
+        _copy_into(state.fusion_states_list, index, new.fusion_states_list, 0)
+
+    def step(self, encoded: torch.Tensor, encoded_len: torch.Tensor, slots: list[int]) -> list[list[int]]:
+        """Decode one chunk for the streams in ``slots``; returns the tokens each stream emitted."""
+        index = torch.tensor(slots, device=self.device)
+        with torch.inference_mode():
+            hyps, new_state = self.computer(x=encoded.transpose(1, 2), out_len=encoded_len,
+                                            prev_batched_state=self._gather(index))
+            self._scatter(index, new_state)
+            lengths, transcript, *_ = hyps.get_data_without_blank()
+            lengths = lengths[:len(slots)].cpu().tolist()
+            transcript = transcript[:len(slots)].cpu()
+        return [transcript[row, :length].tolist() for row, length in enumerate(lengths)]
+
+    def text(self, tokens: list[int]) -> str:
+        """The same text NeMo's decode_hypothesis makes of these tokens."""
+        return self.decoding.decode_tokens_to_str_with_strip_punctuation(tokens).strip()
