@@ -107,6 +107,18 @@ def test_killed_backend_makes_the_service_exit_non_zero(gguf):
     assert "backend exited with -9" in proc.log()
 
 
+def test_backend_that_stops_answering_makes_the_service_exit_non_zero(gguf):
+    proc = start(gguf, "--health-failures", "2", "--stop-timeout", "2")
+    pid = backend_pid(proc)
+    os.kill(pid, signal.SIGSTOP)  # alive but silent, like a wedged engine
+    try:
+        assert proc.process.wait(40) == 1
+    finally:
+        proc.terminate()
+    assert "backend stopped answering" in proc.log()
+    assert not Path(f"/proc/{pid}").exists()  # killed with its process group, not left behind
+
+
 def test_backend_that_never_gets_ready_times_out(tmp_path):
     script = tmp_path / "never-ready"
     script.write_text("#!/bin/sh\nexec sleep 60\n")
