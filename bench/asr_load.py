@@ -17,12 +17,13 @@ import json
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import click
 import numpy as np
 
 if __package__ in (None, ""):
-    sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1] / "servers"))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "servers"))
 
 
 def _audio(seconds: float) -> bytes:

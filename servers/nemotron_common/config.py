@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import tomllib
+import types
 import typing
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -44,7 +45,7 @@ def positive(value: float) -> str | None:
 def _field_type(schema: type, field: dataclasses.Field) -> type:
     hint = typing.get_type_hints(schema)[field.name]
     origin = typing.get_origin(hint)
-    if origin is typing.Union or origin is getattr(__import__("types"), "UnionType", None):
+    if origin in (typing.Union, types.UnionType):  # "int | None": the non-None member
         return next(a for a in typing.get_args(hint) if a is not type(None))
     return origin or hint
 
