@@ -83,7 +83,7 @@ def main(shape, model_path, modes, streams, seconds, frame_ms, large_frame_ms, p
         process = subprocess.Popen(
             [sys.executable, "-m", "nemotron_asr", "--model", str(model_path), "--port", str(port),
              "--right-context", str(right_context), "--max-sessions", str(max(counts)),
-             "--max-batch", str(max(counts)), *MODES[mode]],
+             "--max-batch", str(max(counts)), "--step-timing", *MODES[mode]],
             stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": os.pathsep.join(
                 filter(None, [str(ROOT / "servers"), os.environ.get("PYTHONPATH")]))})
         try:

@@ -29,6 +29,7 @@ class ASRConfig:
     drain_timeout: float = setting(10.0, "seconds open sessions get to finish on shutdown",
                                    check=positive)
     warmup_streams: int = setting(0, "streams in the warmup step (0 = max_batch, to claim peak memory)")
+    step_timing: bool = setting(False, "exact per-phase step times in /health (adds GPU syncs)")
     log_level: str = setting("INFO", "log level", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
 
     def check(self) -> str | None:

@@ -60,7 +60,7 @@ class ASRService:
                                                    if b <= self.config.max_batch))
         logger.info(f"model loaded in {time.monotonic() - started:.1f} s")
         model.capture(progress)
-        self.engine = Engine(model, self.config.max_batch)
+        self.engine = Engine(model, self.config.max_batch, timed_steps=self.config.step_timing)
         self.engine.start()
         streams = self.config.warmup_streams or min(self.config.max_batch, self.config.max_sessions)
         progress(f"warming up with {streams} streams", LOAD_BUDGET_S)
