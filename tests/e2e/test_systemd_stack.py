@@ -1,0 +1,154 @@
+"""End to end in a real (private) systemd: the rendered units, `systemctl start nemotron.target`.
+
+Uses the test venv and tiny models (ASR .nemo, LLM GGUF with the CPU llama-server). The TTS unit does
+not exist yet; nemotron-llm's After= on it is ordering only, so the stack starts without it.
+"""
+
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from helpers.gguf_model import write as write_gguf
+from helpers.systemd_box import SystemdBox
+from nemotron_install.units import UnitValues, render_all
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[2]
+VENV = Path(sys.executable).parent.parent
+LLAMA_SERVER = shutil.which("llama-server-vulkan", path=str(VENV / "bin"))
+MODELS = "/var/lib/nemotron/models"
+
+if not (Path("/lib/systemd/systemd").exists() and shutil.which("unshare") and shutil.which("nsenter")):
+    pytest.skip("needs systemd, util-linux and root", allow_module_level=True)
+if any(str(p).startswith("/tmp/") for p in (VENV, ROOT)):
+    pytest.skip("the units use PrivateTmp=yes, so the venv and checkout must not live under /tmp",
+                allow_module_level=True)
+if LLAMA_SERVER is None:
+    pytest.skip("no llama-server binary", allow_module_level=True)
+
+CONFIG = f"""
+[asr]
+model = "{MODELS}/asr.nemo"
+max_sessions = 2
+max_batch = 2
+
+[llm]
+model = "{MODELS}/tiny-Q8_0.gguf"
+llama_server = "{LLAMA_SERVER}"
+ctx_size = 512
+health_interval = 1.0
+"""
+
+HEALTH = "import json,sys,urllib.request as u; r=u.urlopen(sys.argv[1], timeout=5); print(r.status)"
+
+
+@pytest.fixture(scope="module")
+def box(tiny_asr_model, tmp_path_factory):
+    units = render_all(UnitValues(prefix=ROOT, venv=VENV, user="root", llm_start_timeout="2min"))
+    box = SystemdBox(units, binds=[VENV, ROOT])
+    try:
+        box.boot()
+        box.write("/etc/nemotron/nemotron.toml", CONFIG)
+        models = Path(f"/proc/{box.pid}/root{MODELS}")
+        models.mkdir(parents=True)
+        shutil.copy(tiny_asr_model, models / "asr.nemo")
+        write_gguf(models / "tiny-Q8_0.gguf")
+        if Path(sys.executable).resolve().is_relative_to("/root"):
+            # The test venv's base interpreter is pyenv's, under /root, which ProtectHome=yes hides;
+            # a drop-in, as a sysadmin would write one (the product's venv uses the system Python).
+            for unit in ("nemotron-asr", "nemotron-llm"):
+                box.write(f"/etc/systemd/system/{unit}.service.d/test-python.conf",
+                          "[Service]\nProtectHome=read-only\n")
+        box.run("systemctl", "enable", "nemotron-asr.service", "nemotron-llm.service")
+        yield box
+    finally:
+        box.shutdown()
+
+
+def monotonic(box, unit, prop):
+    return int(box.show(unit, prop))
+
+
+def health(box, port):
+    return box.run(str(VENV / "bin/python"), "-c", HEALTH, f"http://127.0.0.1:{port}/health", check=False)
+
+
+def test_start_target_orders_llm_after_asr_and_logs_to_the_journal(box):
+    box.run("systemctl", "start", "nemotron.target", timeout=240)
+    assert box.show("nemotron-asr.service", "ActiveState") == "active"
+    assert box.show("nemotron-llm.service", "ActiveState") == "active"
+    asr_ready = monotonic(box, "nemotron-asr.service", "ActiveEnterTimestampMonotonic")
+    llm_started = monotonic(box, "nemotron-llm.service", "ExecMainStartTimestampMonotonic")
+    assert 0 < asr_ready < llm_started
+    journal = box.run("journalctl", "-u", "nemotron-asr", "--no-pager", "-o", "cat").stdout
+    assert "listening on ws://127.0.0.1:8080/" in journal and "ready on cpu" in journal
+    warnings = box.run("journalctl", "-u", "nemotron-llm", "-p", "warning", "--no-pager", "-o", "cat").stdout
+    assert "CORS" in warnings  # llama-server's own W lines keep their priority
+    assert health(box, 8080).stdout.strip() == "200"
+    assert health(box, 8000).stdout.strip() == "200"
+
+
+def test_killed_asr_is_restarted(box):
+    before = box.show("nemotron-asr.service", "MainPID")
+    box.run("systemctl", "kill", "-s", "KILL", "nemotron-asr.service")
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if (box.show("nemotron-asr.service", "NRestarts") == "1"
+                and box.show("nemotron-asr.service", "ActiveState") == "active"):
+            break
+        time.sleep(0.5)
+    assert box.show("nemotron-asr.service", "ActiveState") == "active"
+    assert box.show("nemotron-asr.service", "MainPID") != before
+
+
+def test_stop_target_stops_everything_and_leaves_no_process(box):
+    box.run("systemctl", "stop", "nemotron.target", timeout=120)
+    # The target stops first (it is ordered after its parts); the stops PartOf= propagates run on.
+    units = ("nemotron-asr.service", "nemotron-llm.service")
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and any(box.show(u, "ActiveState") != "inactive" for u in units):
+        time.sleep(0.2)
+    for unit in units:
+        assert box.show(unit, "ActiveState") == "inactive"
+        assert box.show(unit, "MainPID") == "0"
+    leftovers = box.run("sh", "-c", "ps -eo comm= | grep -E 'llama-server|nemotron' || true").stdout.strip()
+    assert leftovers == ""
+
+
+def test_bad_config_exits_78_without_a_restart_loop(box):
+    box.write("/etc/systemd/system/nemotron-asr.service.d/bad.conf",
+              "[Service]\nEnvironment=NEMOTRON_ASR_RIGHT_CONTEXT=5\n")
+    box.run("systemctl", "daemon-reload")
+    try:
+        box.run("systemctl", "start", "nemotron-asr.service", check=False, timeout=60)
+        time.sleep(7)  # longer than RestartSec: a restart would have happened by now
+        assert box.show("nemotron-asr.service", "ExecMainStatus") == "78"
+        assert box.show("nemotron-asr.service", "NRestarts") == "0"
+        assert box.show("nemotron-asr.service", "ActiveState") == "failed"
+        journal = box.run("journalctl", "-u", "nemotron-asr", "-p", "err", "--no-pager", "-o", "cat").stdout
+        assert "right_context = 5: must be one of 0, 1, 6, 13" in journal
+    finally:
+        box.run("rm", "-f", "/etc/systemd/system/nemotron-asr.service.d/bad.conf")
+        box.run("systemctl", "daemon-reload")
+        box.run("systemctl", "reset-failed", "nemotron-asr.service", check=False)
+
+
+def test_a_backend_that_never_gets_ready_fails_at_the_start_timeout(box):
+    box.write("/usr/local/bin/never-ready", "#!/bin/sh\nexec sleep 600\n")
+    box.run("chmod", "+x", "/usr/local/bin/never-ready")
+    box.write("/etc/systemd/system/nemotron-llm.service.d/slow.conf",
+              "[Service]\nTimeoutStartSec=4s\nEnvironment=NEMOTRON_LLM_LLAMA_SERVER=/usr/local/bin/never-ready\n")
+    box.run("systemctl", "daemon-reload")
+    try:
+        started = time.monotonic()
+        result = box.run("systemctl", "start", "nemotron-llm.service", check=False, timeout=60)
+        assert result.returncode != 0
+        assert time.monotonic() - started < 30
+        assert box.show("nemotron-llm.service", "Result") == "timeout"
+        leftovers = box.run("sh", "-c", "ps -eo comm= | grep -E 'sleep|never-ready' || true").stdout.strip()
+        assert leftovers == ""
+    finally:
+        box.run("rm", "-f", "/etc/systemd/system/nemotron-llm.service.d/slow.conf")
+        box.run("systemctl", "daemon-reload")
