@@ -60,7 +60,7 @@ def box(tiny_asr_model, tmp_path_factory):
         if any(p.is_relative_to("/root") for p in (Path(sys.executable).resolve(), VENV, ROOT)):
             overrides.append("ProtectHome=read-only")
         if any(p.is_relative_to("/tmp") for p in (VENV, ROOT)):
-            overrides.append("PrivateTmp=no")
+            overrides += ["PrivateTmp=no", "ReadWritePaths=/tmp"]  # strict makes a shared /tmp read-only
         for unit in ("nemotron-asr", "nemotron-llm"):
             if overrides:
                 box.write(f"/etc/systemd/system/{unit}.service.d/test-paths.conf",
