@@ -174,6 +174,9 @@ class Engine:
     def _apply(self, action: str, stream_id: int, payload) -> None:
         if action == "open":
             stream = _Stream(stream_id, payload)
+            if not self.model.pool.free:  # the transport's session limit should make this unreachable
+                payload(Result("error", "no free stream slot; try again later"))
+                return
             stream.slot = self.model.pool.acquire()
             self.model.decoder.reset([stream.slot])
             self._streams[stream_id] = stream
