@@ -62,16 +62,16 @@ class DecoderPool:
         _copy_into(state.decoded_lengths, index, new.decoded_lengths, 0)
         _copy_into(state.fusion_states_list, index, new.fusion_states_list, 0)
 
-    def step(self, encoded: torch.Tensor, encoded_len: torch.Tensor, slots: list[int]) -> list[list[int]]:
-        """Decode one chunk for the streams in ``slots``; returns the tokens each stream emitted."""
-        index = torch.tensor(slots, device=self.device)
+    def step(self, encoded: torch.Tensor, encoded_len: torch.Tensor, index: torch.Tensor) -> list[list[int]]:
+        """Decode one chunk for the streams in slots ``index``; returns the tokens each one emitted."""
+        streams = index.numel()
         with torch.inference_mode():
             hyps, new_state = self.computer(x=encoded.transpose(1, 2), out_len=encoded_len,
                                             prev_batched_state=self._gather(index))
             self._scatter(index, new_state)
             lengths, transcript, *_ = hyps.get_data_without_blank()
-            lengths = lengths[:len(slots)].cpu().tolist()
-            transcript = transcript[:len(slots)].cpu()
+            lengths = lengths[:streams].cpu().tolist()
+            transcript = transcript[:streams].cpu()
         return [transcript[row, :length].tolist() for row, length in enumerate(lengths)]
 
     def text(self, tokens: list[int]) -> str:

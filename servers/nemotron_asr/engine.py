@@ -178,7 +178,7 @@ class Engine:
                 payload(Result("error", "no free stream slot; try again later"))
                 return
             stream.slot = self.model.pool.acquire()
-            self.model.decoder.reset([stream.slot])
+            self.model.reset_streams([stream.slot])
             self._streams[stream_id] = stream
             return
         stream = self._streams.get(stream_id)
@@ -244,7 +244,7 @@ class Engine:
         if self.timed_steps:
             self.model.synchronize()
         times.append(time.perf_counter())
-        emitted = self.model.decode(output, [step.stream.slot for step in steps])
+        emitted = self.model.decode(output)
         times.append(time.perf_counter())
         for step, new_tokens in zip(steps, emitted, strict=True):
             stream = step.stream

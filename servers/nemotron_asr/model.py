@@ -50,6 +50,7 @@ def restore(path: Path, device: torch.device):
 class StepOutput:
     encoded: torch.Tensor  # (B, D, T) float32
     encoded_len: torch.Tensor
+    slots: torch.Tensor  # the streams' slots, on the device
 
 
 class StreamingModel:
@@ -114,11 +115,11 @@ class StreamingModel:
         encoded, encoded_len, channel, time, channel_len = self.steps[kind](
             features.to(self.dtype), lengths, channel, time, channel_len)
         self.pool.scatter(index, channel, time, channel_len)
-        return StepOutput(encoded.float(), encoded_len)
+        return StepOutput(encoded.float(), encoded_len, index)
 
-    def decode(self, output: StepOutput, slots: list[int]) -> list[list[int]]:
+    def decode(self, output: StepOutput) -> list[list[int]]:
         """Greedy decoding of one chunk per stream; returns the tokens each stream emitted."""
-        return self.decoder.step(output.encoded, output.encoded_len, slots)
+        return self.decoder.step(output.encoded, output.encoded_len, output.slots)
 
     def reset_streams(self, slots: list[int]) -> None:
         """Fresh encoder caches and decoder state for new utterances in ``slots``."""

@@ -52,9 +52,8 @@ class CachePool:
         self.free = list(range(slots - 1, -1, -1))
 
     def acquire(self) -> int:
-        slot = self.free.pop()
-        self.reset([slot])
-        return slot
+        """A free slot; its owner resets it (StreamingModel.reset_streams) before use."""
+        return self.free.pop()
 
     def release(self, slot: int) -> None:
         self.free.append(slot)
