@@ -85,7 +85,8 @@ class StepStats:
         out = {}
         for kind, e in self.kinds.items():
             steps = max(e["steps"], 1)
-            out[kind] = {"steps": int(e["steps"]), "mean_streams": round(e["streams"] / steps, 1),
+            out[kind] = {"steps": int(e["steps"]), "streams": int(e["streams"]),
+                         "mean_streams": round(e["streams"] / steps, 1),
                          **{f"{p}_ms": round(e[p] / steps, 2) for p in self.PHASES}}
         return out
 
