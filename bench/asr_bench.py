@@ -63,8 +63,10 @@ def _device_name() -> str:
 @click.option("--right-context", default=1, show_default=True)
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("bench-out"))
 @click.option("--port", default=18080, show_default=True)
+@click.option("--step-timing/--no-step-timing", default=False, show_default=True,
+              help="exact per-phase step times in the results (the server then syncs the GPU each phase)")
 def main(shape, model_path, modes, streams, seconds, frame_ms, large_frame_ms, procs, right_context,
-         out, port) -> None:
+         out, port, step_timing) -> None:
     from asr_load import run_level
 
     out.mkdir(parents=True, exist_ok=True)
@@ -83,7 +85,8 @@ def main(shape, model_path, modes, streams, seconds, frame_ms, large_frame_ms, p
         process = subprocess.Popen(
             [sys.executable, "-m", "nemotron_asr", "--model", str(model_path), "--port", str(port),
              "--right-context", str(right_context), "--max-sessions", str(max(counts)),
-             "--max-batch", str(max(counts)), "--step-timing", *MODES[mode]],
+             "--max-batch", str(max(counts)), *MODES[mode],
+             *(["--step-timing"] if step_timing else [])],
             stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": os.pathsep.join(
                 filter(None, [str(ROOT / "servers"), os.environ.get("PYTHONPATH")]))})
         try:
