@@ -17,3 +17,11 @@ def tiny_asr_model(tmp_path_factory) -> Path:
     from nemotron_asr.random_model import build
 
     return build(tmp_path_factory.mktemp("asr") / "tiny-streaming.nemo", "tiny", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_tts_model(tmp_path_factory) -> Path:
+    """A tiny random Magpie (decoder_ce, five baked voices) and codec, saved with save_to."""
+    from nemotron_tts.random_model import build
+
+    return build(tmp_path_factory.mktemp("tts") / "tiny-magpie.nemo", "tiny", seed=0, max_decoder_steps=40)

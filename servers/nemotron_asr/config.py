@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 from nemotron_common.config import port_number, positive, setting
 
@@ -39,29 +38,3 @@ class ASRConfig:
             return f"device = {self.device!r}: must be auto, cpu, cuda or cuda:N"
         return None
 
-
-def resolve_model(config: ASRConfig) -> Path:
-    """The .nemo file to load; raises ValueError with the reason when there is none."""
-    path = Path(config.model).expanduser()
-    if path.suffix == ".nemo" or path.is_absolute() or path.exists():
-        if not path.is_file():
-            raise ValueError(f"model file {path} does not exist")
-        try:
-            with path.open("rb"):
-                pass
-        except OSError as exc:
-            raise ValueError(f"model file {path} cannot be read: {exc.strerror}") from None
-        return path
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import LocalEntryNotFoundError
-
-    try:
-        snapshot = Path(snapshot_download(config.model, cache_dir=config.hf_cache or None,
-                                          local_files_only=True))
-    except (LocalEntryNotFoundError, FileNotFoundError, ValueError, OSError):
-        raise ValueError(f"model {config.model} is not in the local Hugging Face cache "
-                         f"({config.hf_cache or 'default cache'}); download it first") from None
-    found = sorted(snapshot.glob("*.nemo"))
-    if not found:
-        raise ValueError(f"model {config.model} in the Hugging Face cache has no .nemo file")
-    return found[0]

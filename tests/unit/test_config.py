@@ -3,8 +3,9 @@ import subprocess
 import sys
 
 import pytest
-from nemotron_asr.config import ASRConfig, resolve_model
+from nemotron_asr.config import ASRConfig
 from nemotron_common.config import ConfigError, load
+from nemotron_common.model_files import resolve_model
 
 
 def write(tmp_path, text):
@@ -51,9 +52,9 @@ def test_missing_default_file_is_fine(monkeypatch, tmp_path):
 
 def test_model_resolution_errors(tmp_path):
     with pytest.raises(ValueError, match="does not exist"):
-        resolve_model(ASRConfig(model=str(tmp_path / "absent.nemo")))
+        resolve_model(str(tmp_path / "absent.nemo"))
     with pytest.raises(ValueError, match="not in the local Hugging Face cache"):
-        resolve_model(ASRConfig(model="nvidia/nemotron-speech-streaming-en-0.6b", hf_cache=str(tmp_path)))
+        resolve_model("nvidia/nemotron-speech-streaming-en-0.6b", str(tmp_path))
 
 
 def test_model_found_in_hugging_face_cache_layout(tmp_path):
@@ -63,7 +64,7 @@ def test_model_found_in_hugging_face_cache_layout(tmp_path):
     refs = tmp_path / "models--nvidia--asr" / "refs"
     refs.mkdir()
     (refs / "main").write_text("abc123")
-    assert resolve_model(ASRConfig(model="nvidia/asr", hf_cache=str(tmp_path))) == snapshot / "asr.nemo"
+    assert resolve_model("nvidia/asr", str(tmp_path)) == snapshot / "asr.nemo"
 
 
 def run_cli(*args, env=None):

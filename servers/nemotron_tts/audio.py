@@ -1,0 +1,46 @@
+"""Float audio to the wire: peak-limited 16-bit PCM, and WAV files."""
+
+from __future__ import annotations
+
+import io
+import wave
+
+import numpy as np
+import torch
+
+KNEE = 0.9  # below this the signal passes unchanged
+
+
+def limit(audio: np.ndarray) -> np.ndarray:
+    """Soft-limit peaks into (-1, 1) instead of clipping them.
+
+    Sample by sample (no gain that depends on the rest of the utterance), so an utterance limited
+    chunk by chunk equals the utterance limited whole: streaming needs that at every seam.
+    """
+    magnitude = np.abs(audio)
+    over = magnitude > KNEE
+    if over.any():
+        audio = audio.copy()
+        headroom = 1.0 - KNEE
+        audio[over] = np.sign(audio[over]) * (KNEE + headroom * np.tanh((magnitude[over] - KNEE) / headroom))
+    return audio
+
+
+def to_pcm16(audio: torch.Tensor | np.ndarray) -> bytes:
+    if isinstance(audio, torch.Tensor):
+        audio = audio.detach().float().cpu().numpy()
+    return np.round(limit(audio.astype(np.float32)) * 32767).astype("<i2").tobytes()
+
+
+def wav_file(pcm: bytes, sample_rate: int) -> bytes:
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(sample_rate)
+        out.writeframes(pcm)
+    return buffer.getvalue()
+
+
+def duration_ms(pcm_bytes: int, sample_rate: int) -> float:
+    return pcm_bytes / 2 / sample_rate * 1000

@@ -1,0 +1,75 @@
+"""Incremental codec decoding whose chunk seams are exact by construction.
+
+The codec decoder is a stack of convolutions, so each output frame depends only on a fixed window of
+code frames around it. :func:`receptive_field` measures that window once at load; a
+:class:`StreamDecoder` then decodes each new chunk together with enough earlier (and, for a
+non-causal decoder, later) frames that every sample it sends is the sample a whole-utterance decode
+would produce. Nothing is cross-faded or smoothed at the seams because nothing needs to be.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+PROBE_FRAMES = 96
+
+
+@dataclass(frozen=True)
+class Context:
+    left: int  # earlier frames an output frame depends on
+    right: int  # later frames an output frame depends on
+
+
+def receptive_field(decode, num_codebooks: int, codebook_size: int, device: torch.device) -> Context:
+    """How far a change of one code frame reaches in the decoded audio, in frames (plus one for safety)."""
+    generator = torch.Generator().manual_seed(0)
+    codes = torch.randint(0, codebook_size, (1, num_codebooks, PROBE_FRAMES), generator=generator)
+    changed = codes.clone()
+    middle = PROBE_FRAMES // 2
+    changed[:, :, middle] = (changed[:, :, middle] + codebook_size // 2) % codebook_size
+    base, other = decode(codes.to(device)), decode(changed.to(device))
+    samples_per_frame = base.shape[-1] // PROBE_FRAMES
+    diff = (base - other).abs().flatten()
+    touched = torch.nonzero(diff > 1e-6 * max(float(base.abs().max()), 1e-6)).flatten()
+    if touched.numel() == 0:
+        return Context(1, 1)
+    first, last = int(touched[0]) // samples_per_frame, int(touched[-1]) // samples_per_frame
+    # A change at frame `middle` reaches outputs first..last: those outputs read that many frames
+    # back (left) and ahead (right).
+    return Context(left=last - middle + 1, right=max(0, middle - first + 1) if first < middle else 0)
+
+class StreamDecoder:
+    """Decodes one utterance's growing code sequence into audio, chunk by chunk."""
+
+    def __init__(self, decode, context: Context, samples_per_frame: int) -> None:
+        self.decode = decode
+        self.context = context
+        self.samples_per_frame = samples_per_frame
+        self.codes: torch.Tensor | None = None  # (codebooks, frames) generated so far
+        self.sent = 0  # frames whose audio has been returned
+
+    @property
+    def total(self) -> int:
+        return 0 if self.codes is None else self.codes.shape[-1]
+
+    def push(self, codes: torch.Tensor) -> None:
+        self.codes = codes if self.codes is None else torch.cat([self.codes, codes], dim=-1)
+
+    def ready(self) -> int:
+        """Frames that could be sent now without waiting for later codes."""
+        return max(0, self.total - self.context.right - self.sent)
+
+    def take(self, final: bool = False) -> torch.Tensor:
+        """Float audio of every ready frame (of all remaining frames when ``final``)."""
+        end = self.total if final else self.total - self.context.right
+        if end <= self.sent:
+            return torch.zeros(0)
+        start = max(0, self.sent - self.context.left)
+        stop = min(self.total, end + self.context.right)
+        audio = self.decode(self.codes[:, start:stop].unsqueeze(0))[0]
+        offset = (self.sent - start) * self.samples_per_frame
+        chunk = audio[offset:offset + (end - self.sent) * self.samples_per_frame]
+        self.sent = end
+        return chunk

@@ -1,0 +1,46 @@
+"""Settings of ``nemotron-tts`` (the ``[tts]`` table of nemotron.toml, ``NEMOTRON_TTS_*``, flags)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from nemotron_common.config import port_number, positive, setting
+
+VOICES = "john,sofia,aria,jason,leo"  # the released checkpoint's baked speakers, in index order
+
+
+@dataclass
+class TTSConfig:
+    model: str = setting("", "path to a Magpie .nemo file, or a Hugging Face id found in the local cache")
+    hf_cache: str = setting("", "Hugging Face hub cache to look up model ids in (default: HF_HUB_CACHE)")
+    host: str = setting("127.0.0.1", "address to bind")
+    port: int = setting(8001, "TCP port for HTTP, the WebSocket and /health", check=port_number)
+    device: str = setting("auto", "torch device: auto, cpu, cuda or cuda:N")
+    voices: str = setting(VOICES, "voice names for the model's baked speakers, in speaker-index order")
+    default_voice: str = setting("aria", "voice used when a request names none")
+    cfg: bool = setting(True, "classifier-free guidance (better speech, twice the decoder work)")
+    kv_cache: bool = setting(True, "reuse the decoder's attention keys and values across steps")
+    max_frames: int = setting(0, "codec frames per sentence at most (0 = the model's own limit)")
+    max_batch: int = setting(16, "most segments generated together in one batch", check=positive)
+    max_sessions: int = setting(64, "concurrent WebSocket clients; more are refused with 503", check=positive)
+    max_text_chars: int = setting(4000, "longest text one request may carry", check=positive)
+    seed: int = setting(0, "seed sampling before each batch (0 = random; set it for reproducible audio)")
+    drain_timeout: float = setting(30.0, "seconds open streams get to finish on shutdown", check=positive)
+    warmup_text: str = setting("This is a warm-up sentence that is long enough to claim the memory of a real "
+                               "reply.", "text synthesised once before READY")
+    log_level: str = setting("INFO", "log level", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+
+    @property
+    def voice_names(self) -> list[str]:
+        return [name.strip().lower() for name in self.voices.split(",") if name.strip()]
+
+    def check(self) -> str | None:
+        if not self.model:
+            return "model is not set: give a .nemo path or a Hugging Face id"
+        if self.device != "auto" and not (self.device == "cpu" or self.device.startswith("cuda")):
+            return f"device = {self.device!r}: must be auto, cpu, cuda or cuda:N"
+        if self.default_voice.lower() not in self.voice_names:
+            return f"default_voice = {self.default_voice!r} is not one of voices ({self.voices})"
+        if len(set(self.voice_names)) != len(self.voice_names):
+            return f"voices = {self.voices!r} names a voice twice"
+        return None

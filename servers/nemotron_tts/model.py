@@ -1,0 +1,165 @@
+"""Magpie TTS through NeMo's own generation loop, with every decoded frame observed as it is made.
+
+``MagpieTTSModel.generate_speech`` is the loop behind NeMo's ``do_tts`` (baked voices, sentence
+chunking of long text). It returns codes only at the end, so :meth:`SpeechModel.generate` watches
+the per-step end-of-speech check, the one call the loop makes with each new frame: new frames go to
+the caller at once (streaming) and the loop stops at the next step once nobody wants its output
+(cancel). The codes are NeMo's, unchanged.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from loguru import logger
+
+from .codec import Context, StreamDecoder, receptive_field
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+class Stopped(Exception):
+    """Raised inside NeMo's loop when every utterance of the batch was cancelled."""
+
+
+@dataclass
+class Utterance:
+    chunks: list[torch.Tensor]  # token ids per sentence chunk, each ending in EOS
+    speaker: int
+    on_frames: Callable[[torch.Tensor], None]  # (codebooks, n) frames, as soon as they exist
+    cancelled: Callable[[], bool] = lambda: False
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+class SpeechModel:
+    def __init__(self, path: Path, device: str = "auto", use_cfg: bool = True, kv_cache: bool = True,
+                 max_frames: int = 0) -> None:
+        from nemo.collections.tts.models import MagpieTTSModel
+
+        self.device = pick_device(device)
+        self.model = MagpieTTSModel.restore_from(str(path), map_location=self.device).eval()
+        if not self.model.has_baked_context_embedding:
+            raise ValueError(f"{path.name} has no baked voices; a Magpie checkpoint with baked speakers "
+                             "is needed")
+        if max_frames:
+            self.model.inference_parameters.max_decoder_steps = max_frames
+        self.use_cfg = use_cfg
+        self.kv_cache = kv_cache
+        self.sample_rate = int(self.model.output_sample_rate)
+        self.samples_per_frame = int(self.model.codec_model_samples_per_frame)
+        self.speakers = int(self.model.num_baked_speakers)
+        self.languages = self._languages()
+        self.context: Context = receptive_field(self.decode, self.model.num_audio_codebooks,
+                                                self.model.codebook_size, self.device)
+        logger.info(f"codec context: {self.context.left} frames before, {self.context.right} after")
+
+    def _languages(self) -> dict[str, str]:
+        """Language code -> tokenizer name, for every language this checkpoint can speak."""
+        from nemo.collections.tts.parts.utils.tts_dataset_utils import LANGUAGE_TOKENIZER_MAP
+
+        names = list(self.model.tokenizer.tokenizers)
+        found = {}
+        for language, candidates in LANGUAGE_TOKENIZER_MAP.items():
+            for candidate in candidates:
+                if candidate in names:
+                    found[language] = candidate
+                    break
+        return found
+
+    def describe(self) -> str:
+        if self.device.type == "cuda":
+            return f"{torch.cuda.get_device_name(self.device)} (cuda)"
+        return "cpu"
+
+    def tokenize(self, text: str, language: str) -> list[torch.Tensor]:
+        from nemo.collections.tts.parts.utils.tts_dataset_utils import chunk_text_for_inference
+
+        chunks, _, _ = chunk_text_for_inference(
+            text=text, language=language, tokenizer_name=self.languages[language],
+            text_tokenizer=self.model.tokenizer, eos_token_id=self.model.eos_id)
+        return [chunk.long() for chunk in chunks]
+
+    @torch.inference_mode()
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        """(B, codebooks, frames) codes -> (B, samples) float audio."""
+        lens = torch.full((codes.shape[0],), codes.shape[-1], dtype=torch.long, device=self.device)
+        audio, _, _ = self.model._codec_helper.codes_to_audio(codes.to(self.device), lens)
+        return audio.float()
+
+    def stream_decoder(self) -> StreamDecoder:
+        return StreamDecoder(self.decode, self.context, self.samples_per_frame)
+
+    @torch.inference_mode()
+    def generate(self, utterances: list[Utterance]) -> None:
+        """Generate all utterances as one batch; frames reach each ``on_frames`` as they are made.
+
+        Utterances of several sentence chunks are generated alone (NeMo carries chunk history per
+        batch); the engine batches only single-chunk ones.
+        """
+        chunk_count = max(len(u.chunks) for u in utterances)
+        if chunk_count > 1 and len(utterances) > 1:
+            raise ValueError("multi-chunk utterances are generated one at a time")
+        state = self.model.create_chunk_state(batch_size=len(utterances))
+        for index in range(chunk_count):
+            tokens = [u.chunks[index] for u in utterances]
+            batch = {
+                "text": torch.nn.utils.rnn.pad_sequence(tokens, batch_first=True).to(self.device),
+                "text_lens": torch.tensor([len(t) for t in tokens], dtype=torch.long, device=self.device),
+                "speaker_indices": [u.speaker for u in utterances],
+            }
+            # generate_speech neither starts nor clears the decoder's KV cache: a cache left on
+            # would poison NeMo's next call, so it is switched on here and off again below.
+            self.model.decoder.reset_cache(use_cache=self.kv_cache)
+            try:
+                with self._observe(utterances):
+                    self.model.generate_speech(batch, chunk_state=state,
+                                               end_of_text=[index == chunk_count - 1] * len(tokens),
+                                               beginning_of_text=index == 0, use_cfg=self.use_cfg,
+                                               use_local_transformer_for_inference=True)
+            finally:
+                self.model.decoder.reset_cache(use_cache=False)
+
+    @contextmanager
+    def _observe(self, utterances: list[Utterance]):
+        model = self.model
+        check = type(model)._check_eos_and_update_state
+        stacking = model.frame_stacking_factor
+        ended: set[int] = set()
+
+        def observed(chunk_state, codes, argmax, chunk_end, chunk_end_frame_lens, *rest):
+            step = rest[-2]
+            check(model, chunk_state, codes, argmax, chunk_end, chunk_end_frame_lens, *rest)
+            wanted = False
+            for i, utterance in enumerate(utterances):
+                if i in ended or utterance.cancelled():
+                    continue
+                valid = stacking
+                if i in chunk_end_frame_lens:
+                    valid = chunk_end_frame_lens[i] - step * stacking
+                    ended.add(i)
+                else:
+                    wanted = True
+                if valid > 0:
+                    utterance.on_frames(codes[i, :, :valid])
+            if not wanted:
+                # Every utterance has ended or been cancelled: NeMo would go on to its own end check.
+                if len(ended) < len(utterances):
+                    raise Stopped
+
+        model._check_eos_and_update_state = observed
+        try:
+            yield
+        except Stopped:
+            pass
+        finally:
+            del model._check_eos_and_update_state

@@ -1,0 +1,82 @@
+"""The TTS model wrapper against NeMo itself: same codes as do_tts, exact seams, prompt cancel."""
+
+import pytest
+import torch
+from nemotron_tts.engine import PRESETS
+from nemotron_tts.model import SpeechModel, Utterance
+
+pytestmark = pytest.mark.slow
+TEXT = "Hello there, friend. How are you today?"
+
+
+@pytest.fixture(scope="module")
+def plain(tiny_tts_model):
+    """No CFG and no KV cache: the settings NeMo's do_tts runs with."""
+    return SpeechModel(tiny_tts_model, "cpu", use_cfg=False, kv_cache=False)
+
+
+def generate(model, text, speaker=2, seed=0, language="en"):
+    frames = []
+    torch.manual_seed(seed)
+    model.generate([Utterance(model.tokenize(text, language), speaker, frames.append)])
+    return torch.cat(frames, dim=-1)
+
+
+def test_codes_and_audio_are_nemo_do_tts(plain):
+    codes = generate(plain, TEXT, seed=3)
+    torch.manual_seed(3)
+    audio, length = plain.model.do_tts(TEXT, language="en", use_cfg=False, speaker_index=2)
+    assert codes.shape[-1] * plain.samples_per_frame == int(length[0])
+    assert torch.equal(plain.decode(codes.unsqueeze(0))[0], audio[0, : int(length[0])])
+
+
+def test_voice_reaches_the_model_and_languages_are_found(plain):
+    by_voice = {tuple(generate(plain, TEXT, speaker=v).flatten().tolist()) for v in range(5)}
+    assert len(by_voice) > 1
+    assert set(plain.languages) >= {"en", "de", "es", "fr", "it"}
+
+
+def test_kv_cache_and_cfg_leave_nemo_usable(tiny_tts_model, plain):
+    fast = SpeechModel(tiny_tts_model, "cpu", use_cfg=True, kv_cache=True)
+    assert generate(fast, TEXT).shape[-1] >= 4
+    # NeMo's generate_speech never resets the decoder cache itself; a cache left on would break do_tts.
+    torch.manual_seed(0)
+    audio, length = fast.model.do_tts(TEXT, use_cfg=False, speaker_index=1)
+    assert int(length[0]) > 0
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_streamed_audio_equals_whole_decode_at_every_seam(plain, preset):
+    codes = generate(plain, TEXT + " And a little more text to make it long.", seed=1)
+    whole = plain.decode(codes.unsqueeze(0))[0]
+    decoder, pieces = plain.stream_decoder(), []
+    target = PRESETS[preset].first_frames
+    for index in range(codes.shape[-1]):
+        decoder.push(codes[:, index:index + 1])
+        if decoder.ready() >= target:
+            pieces.append(decoder.take())
+            target = PRESETS[preset].chunk_frames
+    pieces.append(decoder.take(final=True))
+    assert len(pieces) > 2
+    streamed = torch.cat(pieces)
+    assert streamed.shape == whole.shape
+    assert (streamed - whole).abs().max() < 1e-5
+
+
+def test_cancel_stops_generation_at_the_next_step(plain):
+    seen = []
+    utterance = Utterance(plain.tokenize(TEXT, "en"), 0, seen.append, cancelled=lambda: len(seen) >= 3)
+    plain.generate([utterance])
+    assert len(seen) == 3
+
+
+def test_batch_keeps_each_utterance_apart(plain):
+    texts = ["Short one.", TEXT, "Bonjour tout le monde."]
+    alone = [generate(plain, t, speaker=i, seed=5, language="fr" if i == 2 else "en") for i, t in enumerate(texts)]
+    got = [[] for _ in texts]
+    utterances = [Utterance(plain.tokenize(t, "fr" if i == 2 else "en"), i, got[i].append)
+                  for i, t in enumerate(texts)]
+    plain.generate(utterances)
+    for frames, single in zip(got, alone, strict=True):
+        codes = torch.cat(frames, dim=-1)
+        assert codes.shape[0] == single.shape[0] and codes.shape[-1] >= 1
