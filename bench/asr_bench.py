@@ -28,27 +28,6 @@ sys.path.insert(0, str(ROOT / "bench"))
 MODES = {"eager": ["--no-cuda-graphs"], "graphs": ["--cuda-graphs"]}
 
 
-def _wait_ready(port: int, process: subprocess.Popen, timeout: float) -> float:
-    started = time.monotonic()
-    while time.monotonic() - started < timeout:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited with {process.returncode}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
-                if r.status == 200:
-                    return time.monotonic() - started
-        except OSError:
-            pass
-        time.sleep(0.5)
-    raise TimeoutError("server did not become ready")
-
-
-def _device_name() -> str:
-    import torch
-
-    return torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
-
-
 @click.command()
 @click.option("--shape", default="real", type=click.Choice(["tiny", "real"]))
 @click.option("--model", "model_path", type=click.Path(path_type=Path), default=None,
@@ -68,6 +47,7 @@ def _device_name() -> str:
 def main(shape, model_path, modes, streams, seconds, frame_ms, large_frame_ms, procs, right_context,
          out, port, step_timing) -> None:
     from asr_load import run_level
+    from serving import device_name, wait_ready
 
     out.mkdir(parents=True, exist_ok=True)
     if model_path is None:
@@ -76,10 +56,10 @@ def main(shape, model_path, modes, streams, seconds, frame_ms, large_frame_ms, p
         model_path = Path(f"/tmp/asr-{shape}.nemo")
         if not model_path.exists():
             started = time.monotonic()
-            build(model_path, shape, device="cuda" if _device_name() != "cpu" else "cpu")
+            build(model_path, shape, device="cuda" if device_name() != "cpu" else "cpu")
             click.echo(f"built {model_path} in {time.monotonic() - started:.0f} s", err=True)
     counts = [int(n) for n in streams.split(",")]
-    report = {"device": _device_name(), "shape": shape, "right_context": right_context, "runs": {}}
+    report = {"device": device_name(), "shape": shape, "right_context": right_context, "runs": {}}
     for mode in modes.split(","):
         log = (out / f"server-{mode}.log").open("w")
         process = subprocess.Popen(
@@ -90,7 +70,7 @@ def main(shape, model_path, modes, streams, seconds, frame_ms, large_frame_ms, p
             stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": os.pathsep.join(
                 filter(None, [str(ROOT / "servers"), os.environ.get("PYTHONPATH")]))})
         try:
-            ready_s = _wait_ready(port, process, 900)
+            ready_s = wait_ready(port, process, 900)
             click.echo(f"{mode}: server ready after {ready_s:.0f} s", err=True)
             rows = []
             for count in counts:

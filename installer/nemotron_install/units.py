@@ -13,13 +13,13 @@ from pathlib import Path
 
 UNITS_DIR = Path(__file__).resolve().parents[2] / "units"
 PLACEHOLDER = re.compile(r"@([A-Z_]+)@")
-UNIT_NAMES = ("nemotron.target", "nemotron-asr.service", "nemotron-llm.service")
+UNIT_NAMES = ("nemotron.target", "nemotron-asr.service", "nemotron-tts.service", "nemotron-llm.service")
 
 
 @dataclass(frozen=True)
 class UnitValues:
     prefix: Path  # where the project's files (README) live
-    venv: Path  # holds bin/nemotron-asr, bin/nemotron-llm
+    venv: Path  # holds bin/nemotron-asr, bin/nemotron-tts, bin/nemotron-llm
     config: Path = Path("/etc/nemotron/nemotron.toml")
     user: str = "nemotron"
     llm_start_timeout: str = "15min"  # vLLM needs ~15 min; llama.cpp would do with ~3

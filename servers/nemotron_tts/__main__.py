@@ -14,9 +14,10 @@ from .config import TTSConfig
 
 def _service(config: TTSConfig):
     model_path = resolve_model(config.model, config.hf_cache)
+    codec_path = resolve_model(config.codec, config.hf_cache) if config.codec else None
     from .service import TTSService
 
-    return TTSService(config, model_path)
+    return TTSService(config, model_path, codec_path)
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})

@@ -12,6 +12,7 @@ VOICES = "john,sofia,aria,jason,leo"  # the released checkpoint's baked speakers
 @dataclass
 class TTSConfig:
     model: str = setting("", "path to a Magpie .nemo file, or a Hugging Face id found in the local cache")
+    codec: str = setting("", "audio codec .nemo path or Hugging Face id (default: the checkpoint's own)")
     hf_cache: str = setting("", "Hugging Face hub cache to look up model ids in (default: HF_HUB_CACHE)")
     host: str = setting("127.0.0.1", "address to bind")
     port: int = setting(8001, "TCP port for HTTP, the WebSocket and /health", check=port_number)

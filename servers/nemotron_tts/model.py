@@ -43,11 +43,16 @@ def pick_device(name: str) -> torch.device:
 
 class SpeechModel:
     def __init__(self, path: Path, device: str = "auto", use_cfg: bool = True, kv_cache: bool = True,
-                 max_frames: int = 0) -> None:
+                 max_frames: int = 0, codec: Path | None = None) -> None:
         from nemo.collections.tts.models import MagpieTTSModel
 
         self.device = pick_device(device)
-        self.model = MagpieTTSModel.restore_from(str(path), map_location=self.device).eval()
+        override = None
+        if codec is not None:
+            override = MagpieTTSModel.restore_from(str(path), return_config=True)
+            override.codecmodel_path = str(codec)
+        self.model = MagpieTTSModel.restore_from(str(path), map_location=self.device,
+                                                 override_config_path=override).eval()
         if not self.model.has_baked_context_embedding:
             raise ValueError(f"{path.name} has no baked voices; a Magpie checkpoint with baked speakers "
                              "is needed")

@@ -24,9 +24,10 @@ LOAD_BUDGET_S = 600  # start time systemd grants per loading stage
 class TTSService:
     name = "nemotron-tts"
 
-    def __init__(self, config: TTSConfig, model_path: Path) -> None:
+    def __init__(self, config: TTSConfig, model_path: Path, codec_path: Path | None = None) -> None:
         self.config = config
         self.model_path = model_path
+        self.codec_path = codec_path
         self.engine: Engine | None = None
         self.device_text = ""
         self.health = Health("tts", self._health_details)
@@ -54,7 +55,8 @@ class TTSService:
         progress(f"loading {self.model_path.name}", LOAD_BUDGET_S)
         started = time.monotonic()
         model = SpeechModel(self.model_path, self.config.device, use_cfg=self.config.cfg,
-                            kv_cache=self.config.kv_cache, max_frames=self.config.max_frames)
+                            kv_cache=self.config.kv_cache, max_frames=self.config.max_frames,
+                            codec=self.codec_path)
         if model.speakers < len(self.config.voice_names):
             raise ValueError(f"the model has {model.speakers} baked speakers but voices names "
                              f"{len(self.config.voice_names)}")

@@ -1,7 +1,6 @@
 """End to end in a real (private) systemd: the rendered units, `systemctl start nemotron.target`.
 
-Uses the test venv and tiny models (ASR .nemo, LLM GGUF with the CPU llama-server). The TTS unit does
-not exist yet; nemotron-llm's After= on it is ordering only, so the stack starts without it.
+Uses the test venv and tiny models (ASR and Magpie .nemo files, LLM GGUF with the CPU llama-server).
 """
 
 import shutil
@@ -32,6 +31,11 @@ model = "{MODELS}/asr.nemo"
 max_sessions = 2
 max_batch = 2
 
+[tts]
+model = "{MODELS}/tts.nemo"
+codec = "{MODELS}/tts-codec.nemo"
+max_sessions = 2
+
 [llm]
 model = "{MODELS}/tiny-Q8_0.gguf"
 llama_server = "{LLAMA_SERVER}"
@@ -43,7 +47,7 @@ HEALTH = "import json,sys,urllib.request as u; r=u.urlopen(sys.argv[1], timeout=
 
 
 @pytest.fixture(scope="module")
-def box(tiny_asr_model, tmp_path_factory):
+def box(tiny_asr_model, tiny_tts_model, tmp_path_factory):
     units = render_all(UnitValues(prefix=ROOT, venv=VENV, user="root", llm_start_timeout="2min"))
     box = SystemdBox(units, binds=[VENV, ROOT])
     try:
@@ -52,6 +56,8 @@ def box(tiny_asr_model, tmp_path_factory):
         models = Path(f"/proc/{box.pid}/root{MODELS}")
         models.mkdir(parents=True)
         shutil.copy(tiny_asr_model, models / "asr.nemo")
+        shutil.copy(tiny_tts_model, models / "tts.nemo")
+        shutil.copy(tiny_tts_model.with_name(tiny_tts_model.stem + "-codec.nemo"), models / "tts-codec.nemo")
         write_gguf(models / "tiny-Q8_0.gguf")
         # Drop-ins, as a sysadmin would write them, for where this test's venv and checkout live (the
         # product's venv uses the system Python under /opt): pyenv's interpreter under /root is hidden
@@ -61,11 +67,11 @@ def box(tiny_asr_model, tmp_path_factory):
             overrides.append("ProtectHome=read-only")
         if any(p.is_relative_to("/tmp") for p in (VENV, ROOT)):
             overrides += ["PrivateTmp=no", "ReadWritePaths=/tmp"]  # strict makes a shared /tmp read-only
-        for unit in ("nemotron-asr", "nemotron-llm"):
+        for unit in ("nemotron-asr", "nemotron-tts", "nemotron-llm"):
             if overrides:
                 box.write(f"/etc/systemd/system/{unit}.service.d/test-paths.conf",
                           "[Service]\n" + "\n".join(overrides) + "\n")
-        box.run("systemctl", "enable", "nemotron-asr.service", "nemotron-llm.service")
+        box.run("systemctl", "enable", "nemotron-asr.service", "nemotron-tts.service", "nemotron-llm.service")
         yield box
     finally:
         box.shutdown()
@@ -79,19 +85,22 @@ def health(box, port):
     return box.run(str(VENV / "bin/python"), "-c", HEALTH, f"http://127.0.0.1:{port}/health", check=False)
 
 
-def test_start_target_orders_llm_after_asr_and_logs_to_the_journal(box):
+def test_start_target_orders_llm_after_asr_and_tts_and_logs_to_the_journal(box):
     box.run("systemctl", "start", "nemotron.target", timeout=240)
-    assert box.show("nemotron-asr.service", "ActiveState") == "active"
-    assert box.show("nemotron-llm.service", "ActiveState") == "active"
+    for unit in ("nemotron-asr.service", "nemotron-tts.service", "nemotron-llm.service"):
+        assert box.show(unit, "ActiveState") == "active"
     asr_ready = monotonic(box, "nemotron-asr.service", "ActiveEnterTimestampMonotonic")
+    tts_ready = monotonic(box, "nemotron-tts.service", "ActiveEnterTimestampMonotonic")
     llm_started = monotonic(box, "nemotron-llm.service", "ExecMainStartTimestampMonotonic")
-    assert 0 < asr_ready < llm_started
+    assert 0 < asr_ready < llm_started and 0 < tts_ready < llm_started
     journal = box.run("journalctl", "-u", "nemotron-asr", "--no-pager", "-o", "cat").stdout
     assert "listening on ws://127.0.0.1:8080/" in journal and "ready on cpu" in journal
     warnings = box.run("journalctl", "-u", "nemotron-llm", "-p", "warning", "--no-pager", "-o", "cat").stdout
     assert "CORS" in warnings  # llama-server's own W lines keep their priority
-    assert health(box, 8080).stdout.strip() == "200"
-    assert health(box, 8000).stdout.strip() == "200"
+    tts_journal = box.run("journalctl", "-u", "nemotron-tts", "--no-pager", "-o", "cat").stdout
+    assert "listening on http://127.0.0.1:8001/" in tts_journal and "ready on cpu" in tts_journal
+    for port in (8080, 8001, 8000):
+        assert health(box, port).stdout.strip() == "200"
 
 
 def test_killed_asr_is_restarted(box):
@@ -110,7 +119,7 @@ def test_killed_asr_is_restarted(box):
 def test_stop_target_stops_everything_and_leaves_no_process(box):
     box.run("systemctl", "stop", "nemotron.target", timeout=120)
     # The target stops first (it is ordered after its parts); the stops PartOf= propagates run on.
-    units = ("nemotron-asr.service", "nemotron-llm.service")
+    units = ("nemotron-asr.service", "nemotron-tts.service", "nemotron-llm.service")
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and any(box.show(u, "ActiveState") != "inactive" for u in units):
         time.sleep(0.2)

@@ -72,7 +72,8 @@ def test_cancel_stops_generation_at_the_next_step(plain):
 
 def test_batch_keeps_each_utterance_apart(plain):
     texts = ["Short one.", TEXT, "Bonjour tout le monde."]
-    alone = [generate(plain, t, speaker=i, seed=5, language="fr" if i == 2 else "en") for i, t in enumerate(texts)]
+    alone = [generate(plain, t, speaker=i, seed=5, language="fr" if i == 2 else "en")
+             for i, t in enumerate(texts)]
     got = [[] for _ in texts]
     utterances = [Utterance(plain.tokenize(t, "fr" if i == 2 else "en"), i, got[i].append)
                   for i, t in enumerate(texts)]

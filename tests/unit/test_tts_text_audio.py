@@ -51,6 +51,7 @@ def test_config_rejects_a_default_voice_that_is_not_a_voice(tmp_path):
     model.write_bytes(b"x")
     (tmp_path / "none.toml").write_text("")
     with pytest.raises(ConfigError, match="default_voice"):
-        load(TTSConfig, "tts", path=tmp_path / "none.toml", flags={"model": str(model), "default_voice": "bob"})
+        load(TTSConfig, "tts", path=tmp_path / "none.toml",
+             flags={"model": str(model), "default_voice": "bob"})
     config = load(TTSConfig, "tts", path=tmp_path / "none.toml", flags={"model": str(model)})
     assert config.voice_names == ["john", "sofia", "aria", "jason", "leo"] and config.port == 8001

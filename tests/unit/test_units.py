@@ -39,7 +39,7 @@ def test_units_pass_systemd_analyze_verify_silently(rendered):
 
 
 @pytest.mark.skipif(not shutil.which("systemd-analyze"), reason="systemd-analyze not installed")
-@pytest.mark.parametrize("unit", ["nemotron-asr.service", "nemotron-llm.service"])
+@pytest.mark.parametrize("unit", ["nemotron-asr.service", "nemotron-tts.service", "nemotron-llm.service"])
 def test_security_exposure_stays_low(rendered, unit):
     directory, _ = rendered
     result = subprocess.run(["systemd-analyze", "security", "--offline=yes", unit], cwd=directory,

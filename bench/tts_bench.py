@@ -1,0 +1,130 @@
+"""Benchmark the TTS server end to end: time to first audio and real-time factor under concurrency.
+
+Starts ``nemotron-tts`` as a subprocess for each configuration, waits for READY (``/health`` 200),
+then for each level opens N WebSocket clients at once; each sends one ``text`` in stream mode and
+times the first binary frame, every later chunk and ``segment_complete``. A stream is real time
+when no chunk arrives after the audio before it has finished playing (playback starting at the
+first chunk). Random weights: only the timings mean anything.
+
+    python bench/tts_bench.py --model /tmp/tts-real.nemo --streams 1,4,16,64 --out results/
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import click
+from websockets.asyncio.client import connect
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+
+from serving import device_name, wait_ready  # noqa: E402 - bench/ is not a package
+
+TEXT = "Hello there, this is a short reply from the voice agent, spoken as soon as possible."
+CONFIGS = {"cfg": ["--cfg"], "no-cfg": ["--no-cfg"]}
+
+
+async def _one_stream(url: str, preset: str, sample_rate: int) -> dict:
+    async with connect(url, max_size=None) as ws:
+        await ws.send(json.dumps({"type": "init", "voice": "aria", "language": "en"}))
+        await ws.recv()
+        sent = time.perf_counter()
+        await ws.send(json.dumps({"type": "text", "text": TEXT, "mode": "stream", "preset": preset}))
+        arrivals: list[tuple[float, int]] = []
+        while True:
+            message = await ws.recv()
+            if isinstance(message, bytes):
+                arrivals.append((time.perf_counter(), len(message)))
+                continue
+            body = json.loads(message)
+            if body["type"] == "segment_complete":
+                break
+            if body["type"] == "error":
+                return {"error": body["message"]}
+    first = arrivals[0][0]
+    played_s, late_ms = 0.0, 0.0
+    for arrival, size in arrivals:
+        late_ms = max(late_ms, (arrival - (first + played_s)) * 1000)
+        played_s += size / 2 / sample_rate
+    total = arrivals[-1][0] - sent
+    return {"first_audio_ms": (first - sent) * 1000, "audio_s": played_s, "wall_s": total,
+            "rtf": total / played_s if played_s else float("inf"), "max_late_ms": late_ms,
+            "chunks": len(arrivals)}
+
+
+async def _level(url: str, streams: int, preset: str, sample_rate: int) -> dict:
+    results = await asyncio.gather(*(_one_stream(url, preset, sample_rate) for _ in range(streams)))
+    good = [r for r in results if "error" not in r]
+    first = sorted(r["first_audio_ms"] for r in good)
+
+    def pct(values, q):
+        return round(values[min(len(values) - 1, int(q * len(values)))], 1) if values else None
+
+    return {"streams": streams, "preset": preset, "errors": len(results) - len(good),
+            "first_audio_p50_ms": pct(first, 0.5), "first_audio_p95_ms": pct(first, 0.95),
+            "rtf_mean": round(statistics.mean(r["rtf"] for r in good), 3) if good else None,
+            "audio_s_mean": round(statistics.mean(r["audio_s"] for r in good), 2) if good else None,
+            "realtime_streams": sum(1 for r in good if r["max_late_ms"] <= 20.0),
+            "max_late_ms": round(max((r["max_late_ms"] for r in good), default=0.0), 1)}
+
+
+@click.command()
+@click.option("--model", "model_path", type=click.Path(exists=True, path_type=Path), required=True)
+@click.option("--configs", default="cfg,no-cfg", show_default=True)
+@click.option("--streams", default="1,4,16,64", show_default=True)
+@click.option("--preset", default="aggressive", show_default=True)
+@click.option("--max-frames", default=64, show_default=True,
+              help="frames per utterance (random weights rarely stop)")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("bench-out"))
+@click.option("--port", default=18001, show_default=True)
+def main(model_path, configs, streams, preset, max_frames, out, port) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    counts = [int(s) for s in streams.split(",")]
+    report = {"device": device_name(), "model": model_path.name, "max_frames": max_frames, "runs": {}}
+    url = f"ws://127.0.0.1:{port}/ws/tts/stream"
+    for name in configs.split(","):
+        log = (out / f"tts-server-{name}.log").open("w")
+        process = subprocess.Popen(
+            [sys.executable, "-m", "nemotron_tts", "--model", str(model_path), "--port", str(port),
+             "--max-sessions", str(max(counts)), "--max-batch", str(max(counts)),
+             "--max-frames", str(max_frames), *CONFIGS[name]],
+            stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": os.pathsep.join(
+                filter(None, [str(ROOT / "servers"), os.environ.get("PYTHONPATH")]))})
+        try:
+            ready_s = wait_ready(port, process, 900)
+            print(f"{name}: server ready after {ready_s:.0f} s", flush=True)
+            levels = []
+            for count in counts:
+                result = asyncio.run(_level(url, count, preset, 22050))
+                print(f"{name}: {json.dumps(result)}", flush=True)
+                levels.append(result)
+            report["runs"][name] = levels
+        finally:
+            process.send_signal(signal.SIGTERM)
+            process.wait(120)
+    (out / "tts_bench.json").write_text(json.dumps(report, indent=1))
+    lines = [f"TTS stream mode ({preset}), {report['device']}, random weights, "
+             f"{max_frames} frames per utterance",
+             "| config | streams | first audio p50 ms | p95 ms | RTF (wall/audio) "
+             "| real-time streams | errors |",
+             "|---|---|---|---|---|---|---|"]
+    for name, levels in report["runs"].items():
+        for r in levels:
+            lines.append(f"| {name} | {r['streams']} | {r['first_audio_p50_ms']} | "
+                         f"{r['first_audio_p95_ms']} | {r['rtf_mean']} | {r['realtime_streams']} | "
+                         f"{r['errors']} |")
+    (out / "tts_bench.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

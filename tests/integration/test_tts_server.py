@@ -1,0 +1,261 @@
+"""The real nemotron-tts process over loopback: HTTP, the WebSocket contract, readiness, drain."""
+
+import asyncio
+import io
+import json
+import signal
+import urllib.error
+import urllib.request
+import wave
+
+import numpy as np
+import pytest
+from helpers.process import ServerProcess, get_json
+from helpers.tts_client import TTSClient
+
+pytestmark = pytest.mark.slow
+SEED = 11
+TEXT = "Hello there, friend. How are you today?"
+SAMPLES_PER_FRAME = 1024
+
+
+@pytest.fixture(scope="module")
+def server(tiny_tts_model):
+    proc = ServerProcess("nemotron_tts", ["--model", str(tiny_tts_model), "--device", "cpu",
+                                          "--seed", str(SEED), "--max-sessions", "6", "--max-batch", "8"],
+                         env={"WATCHDOG_USEC": "1000000", "JOURNAL_STREAM": "8:1"})
+    proc.wait_listening()
+    proc.health_while_starting = proc.health()
+    proc.wait_ready()
+    proc.ws = f"ws://127.0.0.1:{proc.port}/ws/tts/stream"
+    yield proc
+    proc.terminate()
+
+
+def post(server, body, raw: bytes | None = None):
+    data = raw if raw is not None else json.dumps(body).encode()
+    request = urllib.request.Request(server.base + "/v1/audio/speech", data=data, method="POST",
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=120) as response:
+            return response.status, dict(response.headers), response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, dict(error.headers), error.read()
+
+
+def run(coro):
+    return asyncio.run(asyncio.wait_for(coro, 180))
+
+
+def test_readiness_reported_to_systemd_after_warmup(server):
+    assert server.health_while_starting == (503, server.health_while_starting[1])
+    assert server.health_while_starting[1]["status"] == "loading"
+    fields = server.notify.fields()
+    before = fields[:fields.index("READY=1")]
+    assert any(f.startswith("STATUS=loading") for f in before)
+    assert any(f.startswith("STATUS=warming up") for f in before)
+    assert server.notify.wait_for("WATCHDOG=1", timeout=5)
+    assert "<5>" in server.log() and "ready on cpu" in server.log()
+    for path in ("/health", "/v1/health/ready", "/v1/health/live"):
+        status, body = server.health(path)
+        assert status == 200 and body["status"] == "healthy" and body["model_loaded"] is True
+
+
+def test_audio_config(server):
+    status, config = get_json(server.base + "/v1/audio/config")
+    assert status == 200
+    assert config["sample_rate"] == 22050 and config["channels"] == 1 and config["encoding"] == "pcm_s16le"
+    assert config["voices"] == ["john", "sofia", "aria", "jason", "leo"]
+    assert {"en", "de", "es", "fr", "it"} <= set(config["languages"])
+
+
+def test_http_pcm_and_real_wav(server):
+    status, headers, pcm = post(server, {"input": TEXT, "voice": "aria", "language": "en", "model": "ignored",
+                                         "response_format": "pcm", "speed": 1.0})
+    assert status == 200
+    assert headers["X-Sample-Rate"] == "22050" and headers["X-Channels"] == "1"
+    assert headers["X-Encoding"] == "pcm_s16le"
+    assert len(pcm) > 0 and len(pcm) % (2 * SAMPLES_PER_FRAME) == 0
+    assert float(headers["X-Duration-Ms"]) == pytest.approx(len(pcm) / 2 / 22050 * 1000, abs=0.1)
+    status, headers, body = post(server, {"input": TEXT, "response_format": "wav"})
+    assert status == 200 and headers["Content-Type"] == "audio/wav"
+    with wave.open(io.BytesIO(body)) as w:
+        assert (w.getnchannels(), w.getsampwidth(), w.getframerate()) == (1, 2, 22050)
+        assert w.getnframes() * 2 == len(pcm)  # same seed, same voice: the same utterance
+
+
+@pytest.mark.parametrize(("body", "fragment"), [
+    ({"input": ""}, "text is empty"),
+    ({"input": "   "}, "text is empty"),
+    ({"voice": "aria"}, "text is empty"),
+    ({"input": "\U0001F600\U0001F600"}, "nothing speakable"),
+    ({"input": "hi", "voice": "bob"}, "valid voices: john, sofia, aria, jason, leo"),
+    ({"input": "hi", "language": "xx"}, "valid languages: en"),
+    ({"input": "hi", "response_format": "mp3"}, "valid: pcm, wav"),
+    ({"input": "hi", "speed": 2.0}, "speed"),
+    (["not", "an", "object"], "JSON object"),
+])
+def test_http_errors_name_the_problem(server, body, fragment):
+    status, _, payload = post(server, body)
+    assert status == 400
+    assert fragment in json.loads(payload)["error"]["message"]
+
+
+def test_http_rejects_broken_json(server):
+    status, _, payload = post(server, None, raw=b"{not json")
+    assert status == 400 and "JSON" in json.loads(payload)["error"]["message"]
+
+
+def test_streamed_audio_equals_batch_synthesis(server):
+    """Same seed, same text: the stream mode's chunks join into exactly the batch mode's audio."""
+    _, _, whole = post(server, {"input": TEXT, "voice": "jason"})
+
+    async def scenario():
+        client = await TTSClient.open(server.ws)
+        await client.send(type="init", voice="jason", language="en")
+        await client.until("stream_created")
+        start = len(client.got.items)
+        await client.send(type="text", text=TEXT, mode="stream", preset="aggressive")
+        complete = await client.until("segment_complete")
+        await client.close()
+        return client.got, start, complete
+
+    got, start, complete = run(scenario())
+    chunks = [item for item in got.items[start:] if isinstance(item, bytes)]
+    assert len(chunks) > 3  # really streamed, chunk by chunk
+    streamed = np.frombuffer(b"".join(chunks), "<i2").astype(int)
+    batch = np.frombuffer(whole, "<i2").astype(int)
+    assert streamed.shape == batch.shape
+    assert np.abs(streamed - batch).max() <= 1  # float rounding of a differently sized decode: 1 LSB
+    assert complete["audio_ms"] == pytest.approx(len(whole) / 2 / 22050 * 1000, abs=0.1)
+
+
+def test_stream_contract_from_init_to_done(server):
+    async def scenario():
+        client = await TTSClient.open(server.ws)
+        await client.send(type="ping")
+        assert (await client.receive()) == {"type": "pong"}
+        await client.send(type="text", text="First segment.", mode="stream", preset="balanced")
+        created = await client.until("stream_created")  # implicit stream
+        await client.send(type="text", text="Second, whole.", mode="batch")
+        await client.send(type="close")
+        await client.send(type="text", text="Third, after close but before done.", preset="conservative")
+        done = await client.until("done")
+        await client.close()
+        return client.got, created, done
+
+    got, created, done = run(scenario())
+    assert created["stream_id"]
+    completes = got.messages("segment_complete")
+    assert [m["segment"] for m in completes] == [1, 2, 3]
+    assert done["segments_generated"] == 3
+    assert done["total_audio_ms"] == pytest.approx(sum(m["audio_ms"] for m in completes), abs=0.5)
+    assert len(got.audio_after()) / 2 / 22050 * 1000 == pytest.approx(done["total_audio_ms"], abs=0.5)
+
+
+def test_cancel_fences_audio_of_the_cancelled_stream(server):
+    async def scenario():
+        client = await TTSClient.open(server.ws)
+        await client.send(type="init", voice="sofia")
+        first = await client.until("stream_created")
+        await client.send(type="text", text=TEXT + " " + TEXT, mode="stream", preset="aggressive")
+        await client.send(type="text", text="Queued and dropped.", mode="stream")
+        while not isinstance(await client.receive(), bytes):
+            pass  # wait for the first audio chunk, then interrupt
+        await client.send(type="cancel")
+        await client.send(type="text", text="After the cancel.", mode="stream", preset="aggressive")
+        second = await client.until("stream_created")
+        fence = len(client.got.items)
+        complete = await client.until("segment_complete")
+        await client.send(type="close")
+        done = await client.until("done")
+        await client.close()
+        return client.got, first, second, fence, complete, done
+
+    got, first, second, fence, complete, done = run(scenario())
+    assert first["stream_id"] != second["stream_id"]
+    after = got.audio_after(fence)
+    # Everything after the new stream_created is the new segment's audio, and nothing else.
+    assert len(after) / 2 / 22050 * 1000 == pytest.approx(complete["audio_ms"], abs=0.1)
+    assert complete["segment"] == 1 and done["segments_generated"] == 1
+
+
+def test_bad_messages_get_errors_and_the_session_lives_on(server):
+    async def scenario():
+        client = await TTSClient.open(server.ws)
+        replies = []
+        await client.ws.send("{not json")
+        replies.append(await client.until("error"))
+        await client.ws.send(b"\x00\x01")
+        replies.append(await client.until("error"))
+        await client.send(type="dance")
+        replies.append(await client.until("error"))
+        await client.send(type="init", voice="bob")
+        replies.append(await client.until("error"))
+        await client.send(type="init", language="klingon")
+        replies.append(await client.until("error"))
+        await client.send(type="text", text="hi", mode="loud")
+        replies.append(await client.until("error"))
+        await client.send(type="text", text="")
+        replies.append(await client.until("error"))
+        await client.send(type="ping")
+        pong = await client.until("pong")
+        await client.close()
+        return replies, pong
+
+    replies, pong = run(scenario())
+    messages = [r["message"] for r in replies]
+    assert "JSON" in messages[0] and "binary" in messages[1] and "dance" in messages[2]
+    assert "valid voices" in messages[3] and "valid languages" in messages[4]
+    assert "mode" in messages[5] and "empty" in messages[6]
+    assert all(r["fatal"] is False for r in replies) and pong == {"type": "pong"}
+
+
+def test_concurrent_clients_get_complete_audio_in_shared_batches(server):
+    before = server.health()[1]["engine"]["batches"]
+
+    async def one(index):
+        client = await TTSClient.open(server.ws)
+        await client.send(type="init", voice=["john", "sofia", "aria", "jason", "leo"][index % 5])
+        for n in range(2):
+            await client.send(type="text", text=f"Client {index} says segment {n}.", mode="stream")
+        await client.send(type="close")
+        done = await client.until("done")
+        await client.close()
+        return client.got, done
+
+    async def scenario():
+        return await asyncio.gather(*(one(i) for i in range(5)))
+
+    results = run(scenario())
+    for got, done in results:
+        assert done["segments_generated"] == 2
+        assert len(got.audio_after()) / 2 / 22050 * 1000 == pytest.approx(done["total_audio_ms"], abs=0.5)
+        assert len(got.audio_after()) % (2 * SAMPLES_PER_FRAME) == 0
+    engine = server.health()[1]["engine"]
+    assert engine["batches"] - before < 10  # 10 segments, fewer batches: they were generated together
+    assert engine["largest_batch"] > 1
+
+
+def test_sigterm_drains_queued_segments_then_closes(tiny_tts_model):
+    proc = ServerProcess("nemotron_tts", ["--model", str(tiny_tts_model), "--device", "cpu"])
+    proc.wait_ready()
+
+    async def scenario():
+        client = await TTSClient.open(f"ws://127.0.0.1:{proc.port}/ws/tts/stream")
+        await client.send(type="text", text=TEXT, mode="stream")
+        await client.send(type="text", text="And one more after it.", mode="batch")
+        await client.until("stream_created")
+        proc.process.send_signal(signal.SIGTERM)
+        completes = [await client.until("segment_complete"), await client.until("segment_complete")]
+        with pytest.raises(Exception) as closed:
+            await client.receive(timeout=30)
+        return completes, getattr(closed.value, "rcvd", None)
+
+    try:
+        completes, close_frame = run(scenario())
+        assert proc.process.wait(30) == 0
+    finally:
+        proc.terminate()
+    assert [c["segment"] for c in completes] == [1, 2]
+    assert close_frame is not None and close_frame.code == 1001
