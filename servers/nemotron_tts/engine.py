@@ -51,10 +51,11 @@ class Job:
 
 
 class Engine:
-    def __init__(self, model: SpeechModel, max_batch: int, seed: int = 0) -> None:
+    def __init__(self, model: SpeechModel, max_batch: int, seed: int = 0, gather_s: float = 0.005) -> None:
         self.model = model
         self.max_batch = max_batch
         self.seed = seed
+        self.gather_s = gather_s
         self._jobs: deque[Job] = deque()
         self._wake = queue.SimpleQueue()
         self._lock = threading.Lock()
@@ -127,6 +128,8 @@ class Engine:
                 batch = self._next_batch()
                 if not batch:
                     self._wake.get()
+                    # Woken from idle: clients that start together (a burst) share the first batch.
+                    time.sleep(self.gather_s)
                     continue
                 self._generate(batch)
         except Exception as exc:  # noqa: BLE001 - a failure here is fatal for the service

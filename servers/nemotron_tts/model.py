@@ -45,7 +45,11 @@ class SpeechModel:
     def __init__(self, path: Path, device: str = "auto", use_cfg: bool = True, kv_cache: bool = True,
                  max_frames: int = 0, codec: Path | None = None) -> None:
         from nemo.collections.tts.models import MagpieTTSModel
+        from nemotron_common import nemo_fixes
+        from nemotron_common.logs import adopt
 
+        adopt("nemo_logger")  # NeMo logs every 30th decoder step and each end of speech at INFO
+        nemo_fixes.apply()
         self.device = pick_device(device)
         override = None
         if codec is not None:
