@@ -48,8 +48,11 @@ class ASRService:
         await self.transport.start()
 
     def load_and_warm_up(self, progress: Progress) -> str:
+        from nemotron_common.gpu import wait_for_devices
+
         from .model import StreamingModel, log_device
 
+        wait_for_devices(self.config.device, progress)
         log_device()
         progress(f"loading {self.model_path.name}", LOAD_BUDGET_S)
         started = time.monotonic()

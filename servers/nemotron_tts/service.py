@@ -50,8 +50,11 @@ class TTSService:
         await self.transport.start()
 
     def load_and_warm_up(self, progress: Progress) -> str:
+        from nemotron_common.gpu import wait_for_devices
+
         from .model import SpeechModel
 
+        wait_for_devices(self.config.device, progress)
         progress(f"loading {self.model_path.name}", LOAD_BUDGET_S)
         started = time.monotonic()
         model = SpeechModel(self.model_path, self.config.device, use_cfg=self.config.cfg,

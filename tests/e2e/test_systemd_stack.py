@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 from helpers.gguf_model import write as write_gguf
 from helpers.systemd_box import SystemdBox
-from nemotron_install.units import UnitValues, render_all
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
@@ -25,40 +24,33 @@ if not (Path("/lib/systemd/systemd").exists() and shutil.which("unshare") and sh
 if LLAMA_SERVER is None:
     pytest.skip("no llama-server binary", allow_module_level=True)
 
-CONFIG = f"""
-[asr]
-model = "{MODELS}/asr.nemo"
-max_sessions = 2
-max_batch = 2
-
-[tts]
-model = "{MODELS}/tts.nemo"
-codec = "{MODELS}/tts-codec.nemo"
-max_sessions = 2
-
-[llm]
-model = "{MODELS}/tiny-Q8_0.gguf"
-llama_server = "{LLAMA_SERVER}"
-ctx_size = 512
-health_interval = 1.0
-"""
-
 HEALTH = "import json,sys,urllib.request as u; r=u.urlopen(sys.argv[1], timeout=5); print(r.status)"
+
+
+INSTALL = [
+    "--profile", "cpu-test", "--venv", str(VENV), "--user", "root",
+    "--asr-model", f"{MODELS}/asr.nemo", "--tts-model", f"{MODELS}/tts.nemo",
+    "--tts-codec", f"{MODELS}/tts-codec.nemo",
+    "--model", f"{MODELS}/tiny-Q8_0.gguf", "--llama-server", str(LLAMA_SERVER),
+    "--set", "asr.max_sessions=2", "--set", "asr.max_batch=2", "--set", "tts.max_sessions=2",
+    "--set", "llm.ctx_size=512", "--set", "llm.health_interval=1.0",
+]
 
 
 @pytest.fixture(scope="module")
 def box(tiny_asr_model, tiny_tts_model, tmp_path_factory):
-    units = render_all(UnitValues(prefix=ROOT, venv=VENV, user="root", llm_start_timeout="2min"))
-    box = SystemdBox(units, binds=[VENV, ROOT])
+    box = SystemdBox(binds=[VENV, ROOT])
     try:
         box.boot()
-        box.write("/etc/nemotron/nemotron.toml", CONFIG)
         models = Path(f"/proc/{box.pid}/root{MODELS}")
         models.mkdir(parents=True)
         shutil.copy(tiny_asr_model, models / "asr.nemo")
         shutil.copy(tiny_tts_model, models / "tts.nemo")
         shutil.copy(tiny_tts_model.with_name(tiny_tts_model.stem + "-codec.nemo"), models / "tts-codec.nemo")
         write_gguf(models / "tiny-Q8_0.gguf")
+        started = time.monotonic()
+        box.installed = box.run(str(VENV / "bin/nemotron-install"), *INSTALL, timeout=300)
+        box.install_s = time.monotonic() - started
         # Drop-ins, as a sysadmin would write them, for where this test's venv and checkout live (the
         # product's venv uses the system Python under /opt): pyenv's interpreter under /root is hidden
         # by ProtectHome=yes, and a checkout under /tmp by PrivateTmp=yes.
@@ -71,10 +63,21 @@ def box(tiny_asr_model, tiny_tts_model, tmp_path_factory):
             if overrides:
                 box.write(f"/etc/systemd/system/{unit}.service.d/test-paths.conf",
                           "[Service]\n" + "\n".join(overrides) + "\n")
-        box.run("systemctl", "enable", "nemotron-asr.service", "nemotron-tts.service", "nemotron-llm.service")
+        box.run("systemctl", "daemon-reload")
         yield box
     finally:
         box.shutdown()
+
+
+def test_installer_writes_config_and_enables_the_units(box):
+    assert "installed (asr, tts, llm)" in box.installed.stdout
+    config = box.run("cat", "/etc/nemotron/nemotron.toml").stdout
+    assert f'model = "{MODELS}/asr.nemo"' in config and "max_sessions = 2" in config
+    for unit in ("nemotron.target", "nemotron-asr.service", "nemotron-tts.service", "nemotron-llm.service"):
+        assert box.show(unit, "UnitFileState") == "enabled"
+    started = time.monotonic()
+    again = box.run(str(VENV / "bin/nemotron-install"), *INSTALL, timeout=120)
+    assert again.stdout.count("done already, skipped") == 5 and time.monotonic() - started < 30
 
 
 def monotonic(box, unit, prop):
@@ -101,6 +104,8 @@ def test_start_target_orders_llm_after_asr_and_tts_and_logs_to_the_journal(box):
     assert "listening on http://127.0.0.1:8001/" in tts_journal and "ready on cpu" in tts_journal
     for port in (8080, 8001, 8000):
         assert health(box, port).stdout.strip() == "200"
+    status = box.run(str(VENV / "bin/nemotron-install"), "status").stdout
+    assert status.count("active (running)") == 3 and status.count(" 200 ") == 3
 
 
 def test_killed_asr_is_restarted(box):

@@ -50,7 +50,7 @@ mount -t tmpfs tmpfs "$R/dev/shm"
 mount -t tmpfs tmpfs "$R/run"
 mount -t tmpfs tmpfs "$R/tmp"
 for path in $(cat "$W/binds"); do mkdir -p "$R$path"; mount --bind "$path" "$R$path"; done
-cp "$W"/units/* "$R/etc/systemd/system/"
+for unit in "$W"/units/*; do [ -e "$unit" ] && cp "$unit" "$R/etc/systemd/system/"; done
 for unit in $(cat "$W/mask"); do ln -sf /dev/null "$R/etc/systemd/system/$unit"; done
 for wants in "$R"/etc/systemd/system/*.wants "$R"/etc/systemd/system/*/*.wants; do
   case $wants in *nemotron*) ;; *) rm -rf "$wants" ;; esac
@@ -65,12 +65,13 @@ exec env -i container=nemotron-e2e PATH=/usr/sbin:/usr/bin:/sbin:/bin /lib/syste
 
 
 class SystemdBox:
-    def __init__(self, units: dict[str, str], binds: list[Path] = ()) -> None:
-        """``binds``: host directories the services need (the venv, the checkout), at the same paths."""
+    def __init__(self, units: dict[str, str] | None = None, binds: list[Path] = ()) -> None:
+        """``units``: unit files to install before boot (none when an installer inside writes them);
+        ``binds``: host directories the services need (the venv, the checkout), at the same paths."""
         self.work = Path(tempfile.mkdtemp(prefix="nemotron-e2e-", dir="/var/tmp"))
         (self.work / "t").mkdir()
         (self.work / "units").mkdir()
-        for name, text in units.items():
+        for name, text in (units or {}).items():
             (self.work / "units" / name).write_text(text)
         (self.work / "mask").write_text("\n".join(MASK))
         (self.work / "binds").write_text("\n".join(str(p) for p in binds))

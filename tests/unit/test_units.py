@@ -50,8 +50,8 @@ def test_security_exposure_stays_low(rendered, unit):
 
 def test_the_contract_directives(rendered):
     _, units = rendered
-    asr, llm = units["nemotron-asr.service"], units["nemotron-llm.service"]
-    for text in (asr, llm):
+    asr, tts, llm = (units[f"nemotron-{name}.service"] for name in ("asr", "tts", "llm"))
+    for text in (asr, tts, llm):
         for line in ("Type=notify", "NotifyAccess=main", "Restart=on-failure", "RestartPreventExitStatus=78",
                      "KillMode=mixed", "PartOf=nemotron.target", "WantedBy=nemotron.target",
                      "Environment=PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True", "User=nemotron"):

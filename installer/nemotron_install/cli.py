@@ -1,0 +1,265 @@
+"""``nemotron-install``: from a fresh GPU host to ``systemctl start nemotron.target``."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import tomllib
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import click
+
+from . import preflight
+from .host import detect
+from .lock import DEFAULT_LOCK, LockError, load_lock
+from .plan import MODES, PROFILES, Options, build_plan
+from .steps import Runner, StepFailed
+from .units import UNIT_NAMES
+
+LOG_DIR = Path("/var/log/nemotron-install")
+DEFAULT_PORTS = {"asr": 8080, "tts": 8001, "llm": 8000}
+
+
+def _config_value(text: str) -> object:
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def _extra_config(pairs: tuple[str, ...]) -> dict:
+    extra: dict[str, dict] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        table, dot, name = key.partition(".")
+        if not (sep and dot and table in DEFAULT_PORTS and name):
+            raise click.BadParameter(f"{pair!r}: expected TABLE.SETTING=VALUE with TABLE asr, tts or llm")
+        extra.setdefault(table, {})[name] = _config_value(value)
+    return extra
+
+
+@click.group(invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--mode",
+    type=click.Choice(MODES),
+    default="llamacpp-q8",
+    show_default=True,
+    help="LLM backend and weights: llama.cpp GGUF Q8_0 or Q4_K_M, or vLLM BF16",
+)
+@click.option(
+    "--model", "llm_model", default="", help="LLM: GGUF file, model directory or HF id [auto-detect]"
+)
+@click.option("--asr-model", default="", help="ASR .nemo path or HF id [lock file's]")
+@click.option("--tts-model", default="", help="Magpie .nemo path or HF id [lock file's]")
+@click.option("--tts-codec", default="", help="codec .nemo path or HF id [the checkpoint's own]")
+@click.option("--no-asr", is_flag=True, help="do not install or enable the ASR service")
+@click.option("--no-tts", is_flag=True, help="do not install or enable the TTS service")
+@click.option("--no-llm", is_flag=True, help="do not install or enable the LLM service")
+@click.option("--bind", default="127.0.0.1", show_default=True, help="address all services listen on")
+@click.option("--asr-port", default=8080, show_default=True)
+@click.option("--tts-port", default=8001, show_default=True)
+@click.option("--llm-port", default=8000, show_default=True)
+@click.option(
+    "--prefix",
+    type=click.Path(path_type=Path),
+    default=Path("/opt/nemotron"),
+    show_default=True,
+    help="venv, sources and builds",
+)
+@click.option("--venv", type=click.Path(path_type=Path), default=None, help="venv to use [PREFIX/venv]")
+@click.option("--user", default="nemotron", show_default=True, help="system user the services run as")
+@click.option("--llama-server", default="", help="use this llama-server binary instead of building llama.cpp")
+@click.option(
+    "--torch-source",
+    type=click.Choice(["auto", "source"]),
+    default="auto",
+    show_default=True,
+    help="auto: official CUDA wheels, verified to cover the GPU; source: build the lock file's pin",
+)
+@click.option(
+    "--hf-token-file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Hugging Face token for gated models; used for downloads only, never stored",
+)
+@click.option(
+    "--set",
+    "settings",
+    multiple=True,
+    metavar="TABLE.SETTING=VALUE",
+    help="extra setting for nemotron.toml, e.g. --set asr.right_context=6",
+)
+@click.option(
+    "--lock",
+    "lock_path",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=DEFAULT_LOCK,
+    help="pinned sources and build flags [the bundled lock.toml]",
+)
+@click.option(
+    "--profile",
+    type=click.Choice(PROFILES),
+    default="gpu",
+    show_default=True,
+    help="cpu-test: reuse --venv and given models, build nothing (for tests)",
+)
+@click.option("--force", multiple=True, metavar="STEP", help="run STEP (and all after it) even if done")
+@click.option("--dry-run", is_flag=True, help="print the plan with every command and change nothing")
+@click.pass_context
+def main(ctx: click.Context, **kwargs) -> None:
+    """Install the nemotron voice-agent stack (ASR :8080, TTS :8001, LLM :8000) as systemd services.
+
+    \b
+    Run as root. In order, and each only when its inputs changed since the last run:
+      preflight         root, CPU, NVIDIA driver and GPU compute capability, CUDA, disk, Python, network
+      system-packages   build tools and libraries (apt)
+      service-user      the `nemotron` user, /var/lib/nemotron, /var/cache/nemotron, /etc/nemotron
+      venv, pytorch     a Python 3.12 venv; CUDA PyTorch wheels checked against the GPU (or a source build)
+      nemo, vllm        NeMo at the lock file's commit; vLLM built against that torch (vllm mode)
+      llama-cpp         llama.cpp at its pin for the detected CUDA architecture (llama.cpp modes)
+      application       the servers (nemotron-asr, nemotron-tts, nemotron-llm)
+      models            found in local Hugging Face caches or downloaded into /var/lib/nemotron/hf
+      configuration     /etc/nemotron/nemotron.toml
+      units             nemotron.target and its services, enabled
+    Logs of each step: /var/log/nemotron-install/STEP.log. A failed run resumes at the failed step.
+
+    \b
+    Then:  systemctl start nemotron.target
+           nemotron-install status
+           journalctl -u nemotron-asr
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    try:
+        lock = load_lock(kwargs["lock_path"])
+        extra = _extra_config(kwargs["settings"])
+    except LockError as exc:
+        raise click.ClickException(str(exc)) from None
+    options = Options(
+        mode=kwargs["mode"],
+        profile=kwargs["profile"],
+        prefix=kwargs["prefix"],
+        venv=kwargs["venv"],
+        user=kwargs["user"],
+        asr=not kwargs["no_asr"],
+        tts=not kwargs["no_tts"],
+        llm=not kwargs["no_llm"],
+        bind=kwargs["bind"],
+        asr_port=kwargs["asr_port"],
+        tts_port=kwargs["tts_port"],
+        llm_port=kwargs["llm_port"],
+        asr_model=kwargs["asr_model"],
+        tts_model=kwargs["tts_model"],
+        tts_codec=kwargs["tts_codec"],
+        llm_model=kwargs["llm_model"],
+        llama_server=kwargs["llama_server"],
+        torch_source=kwargs["torch_source"],
+        hf_token_file=kwargs["hf_token_file"],
+        extra_config=extra,
+    )
+    host = detect(lock.python)
+    click.echo(f"host: {host.describe()}")
+    problems = preflight.check(host, options, lock)
+    steps = build_plan(options, host, lock)
+    runner = Runner(options.state_dir / "install-stamps", LOG_DIR, force=tuple(kwargs["force"]))
+    if kwargs["dry_run"]:
+        for problem in problems:
+            click.echo(f"preflight: {problem}")
+        runner.dry_run(steps)
+        return
+    if problems:
+        for problem in problems:
+            click.echo(f"error: {problem}", err=True)
+        sys.exit(1)
+    try:
+        runner.run(steps)
+    except StepFailed as failure:
+        tail = failure.log.read_text(errors="replace").splitlines()[-15:] if failure.log.exists() else []
+        click.echo("\n".join("    " + line for line in tail), err=True)
+        click.echo(
+            f"error: {failure}\n    log: {failure.log}\n    fix the cause and run nemotron-install "
+            f"again: it resumes at {failure.step.name}",
+            err=True,
+        )
+        sys.exit(1)
+    enabled = ", ".join(
+        u for u, on in (("asr", options.asr), ("tts", options.tts), ("llm", options.llm)) if on
+    )
+    click.echo(f"installed ({enabled}). Start with: systemctl start nemotron.target")
+
+
+def _ports(config: Path) -> dict[str, int]:
+    try:
+        data = tomllib.loads(config.read_text())
+    except (OSError, tomllib.TOMLDecodeError):
+        data = {}
+    return {name: int(data.get(name, {}).get("port", port)) for name, port in DEFAULT_PORTS.items()}
+
+
+def _health(port: int) -> str:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=3) as response:
+            return f"{response.status} {json.loads(response.read()).get('status', '?')}"
+    except urllib.error.HTTPError as error:
+        return f"{error.code} {json.loads(error.read() or b'{}').get('status', '?')}"
+    except (OSError, ValueError):
+        return "no answer"
+
+
+@main.command()
+@click.option("--config", type=click.Path(path_type=Path), default=Path("/etc/nemotron/nemotron.toml"))
+def status(config: Path) -> None:
+    """Each unit's state and its /health answer."""
+    ports = _ports(config)
+    click.echo(f"{'unit':24} {'enabled':9} {'state':20} {'restarts':8} health")
+    for unit in UNIT_NAMES:
+        props = subprocess.run(
+            ["systemctl", "show", unit, "-p", "UnitFileState,ActiveState,SubState,NRestarts"],
+            capture_output=True,
+            text=True,
+        ).stdout
+        values = dict(line.partition("=")[::2] for line in props.splitlines())
+        service = unit.removeprefix("nemotron-").removesuffix(".service")
+        health = _health(ports[service]) if service in ports else ""
+        state = f"{values.get('ActiveState', '?')} ({values.get('SubState', '?')})"
+        click.echo(
+            f"{unit:24} {values.get('UnitFileState', '?'):9} {state:20} "
+            f"{values.get('NRestarts', ''):8} {health}"
+        )
+
+
+@main.command()
+@click.option("--purge", is_flag=True, help="also delete models, settings, state and the service user")
+@click.option("--prefix", type=click.Path(path_type=Path), default=Path("/opt/nemotron"), show_default=True)
+@click.option("--user", default="nemotron", show_default=True)
+def uninstall(purge: bool, prefix: Path, user: str) -> None:
+    """Stop and remove the services and the build; keep models and settings unless --purge."""
+    units_dir = Path("/etc/systemd/system")
+    subprocess.run(["systemctl", "disable", "--now", *UNIT_NAMES], check=False)
+    for unit in UNIT_NAMES:
+        (units_dir / unit).unlink(missing_ok=True)
+    subprocess.run(["systemctl", "daemon-reload"], check=False)
+    shutil.rmtree(prefix, ignore_errors=True)
+    link = Path("/usr/local/sbin/nemotron-install")  # install.sh's link into PREFIX/installer
+    if link.is_symlink() and not link.exists():
+        link.unlink()
+    shutil.rmtree(Path("/var/lib/nemotron/install-stamps"), ignore_errors=True)
+    shutil.rmtree(LOG_DIR, ignore_errors=True)
+    removed = [str(prefix), "units"]
+    if purge:
+        for path in (Path("/var/lib/nemotron"), Path("/var/cache/nemotron"), Path("/etc/nemotron")):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(str(path))
+        if user != "root":
+            subprocess.run(["userdel", user], check=False)
+            removed.append(f"user {user}")
+    kept = "" if purge else " (kept: /var/lib/nemotron models, /etc/nemotron settings)"
+    click.echo(f"removed {', '.join(removed)}{kept}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,135 @@
+"""Checks before anything is changed, each failure with the fix spelled out."""
+
+from __future__ import annotations
+
+import shutil
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from .host import Host, free_gib
+from .lock import Lock
+from .plan import Options
+
+MIN_DRIVER = 580  # CUDA 13 needs an R580 driver
+MIN_CAPABILITY = (8, 0)  # bf16 and the kernels the stack uses
+BUILD_GIB = {"vllm": 60, "llamacpp-q8": 25, "llamacpp-q4": 25}  # venv, sources and builds
+MODEL_GIB = {"vllm": 65, "llamacpp-q8": 40, "llamacpp-q4": 25}  # LLM weights plus ASR and TTS
+
+
+@dataclass(frozen=True)
+class Problem:
+    what: str
+    fix: str
+
+    def __str__(self) -> str:
+        return f"{self.what}\n    fix: {self.fix}"
+
+
+def _reachable(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=5):
+            return True
+    except OSError:
+        return False
+
+
+def check(
+    host: Host,
+    options: Options,
+    lock: Lock,
+    disk: Callable[[Path], float] = free_gib,
+    reachable: Callable[[str], bool] = _reachable,
+    have: Callable[[str], bool] = lambda tool: shutil.which(tool) is not None,
+) -> list[Problem]:
+    problems = []
+    if not host.root:
+        problems.append(
+            Problem("nemotron-install changes the system and must run as root", "sudo nemotron-install")
+        )
+    if options.profile == "cpu-test":
+        venv = options.venv_dir / "bin/python"
+        if not venv.exists():
+            problems.append(
+                Problem(f"the cpu-test profile reuses a venv, and {venv} is missing", "pass --venv")
+            )
+        return problems
+    if host.machine not in ("aarch64", "x86_64"):
+        problems.append(
+            Problem(f"unsupported CPU architecture {host.machine}", "use an aarch64 or x86_64 host")
+        )
+    if host.gpu is None:
+        problems.append(
+            Problem(
+                "no NVIDIA GPU found (nvidia-smi failed)",
+                "install the NVIDIA driver (R580 or newer) and check that `nvidia-smi` lists the GPU",
+            )
+        )
+    else:
+        if host.gpu.capability < MIN_CAPABILITY:
+            problems.append(
+                Problem(
+                    f"{host.gpu.name} has compute capability {host.gpu.arch_list}; "
+                    "the stack needs 8.0 or newer",
+                    "use an Ampere or newer GPU (DGX Spark GB10, RTX 5090 and H100 are tested targets)",
+                )
+            )
+        driver_major = int(host.gpu.driver.split(".")[0]) if host.gpu.driver[:1].isdigit() else 0
+        if driver_major < MIN_DRIVER:
+            problems.append(
+                Problem(
+                    f"NVIDIA driver {host.gpu.driver} is older than R{MIN_DRIVER}, which CUDA 13 needs",
+                    "upgrade the driver (on DGX OS: apt install the latest nvidia-driver-580 or newer)",
+                )
+            )
+    needs_nvcc = options.torch_source == "source" or (
+        options.llm and (options.mode == "vllm" or not options.llama_server)
+    )
+    if needs_nvcc and (not host.cuda or int(host.cuda.split(".")[0]) < 13):
+        problems.append(
+            Problem(
+                f"CUDA toolkit 13 is needed to build {'vLLM' if options.mode == 'vllm' else 'llama.cpp'} "
+                f"(found: {host.cuda or 'none'})",
+                "install cuda-toolkit-13 so /usr/local/cuda/bin/nvcc exists, or pass --llama-server PATH",
+            )
+        )
+    if not host.python and not have("apt-get"):
+        problems.append(
+            Problem(
+                f"Python {lock.python} is missing and apt-get is not available to install it",
+                f"install python{lock.python} and python{lock.python}-venv",
+            )
+        )
+    build_need, model_need = BUILD_GIB[options.mode], MODEL_GIB[options.mode]
+    if disk(options.prefix) < build_need:
+        problems.append(
+            Problem(
+                f"{disk(options.prefix):.0f} GiB free under {options.prefix}; "
+                f"the build needs about {build_need} GiB",
+                "free space there or choose another --prefix",
+            )
+        )
+    if disk(options.state_dir) < model_need:
+        problems.append(
+            Problem(
+                f"{disk(options.state_dir):.0f} GiB free under {options.state_dir}; the models need about "
+                f"{model_need} GiB",
+                "free space there (models already downloaded are reused)",
+            )
+        )
+    for url in (
+        lock.torch_index or "https://pypi.org/simple/",
+        "https://pypi.org/simple/",
+        lock.sources["nemo"].repo,
+    ):
+        if url.startswith("http") and not reachable(url):
+            problems.append(
+                Problem(
+                    f"cannot reach {url}",
+                    "connect the host to the network, or point the lock file (--lock) and PIP_INDEX_URL "
+                    "at a local mirror",
+                )
+            )
+            break
+    return problems

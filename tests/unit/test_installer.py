@@ -1,0 +1,279 @@
+"""nemotron-install without touching the system: plans, lock file, stamps and resume, preflight, models."""
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from nemotron_install.cli import main
+from nemotron_install.host import GPU, Host
+from nemotron_install.lock import DEFAULT_LOCK, LockError, load_lock
+from nemotron_install.models import Wanted, candidate_caches, find
+from nemotron_install.plan import Options, build_plan, models_step, render_config
+from nemotron_install.preflight import check
+from nemotron_install.steps import Command, Runner, Step, StepFailed
+
+LOCK = load_lock()
+SPARK = Host(
+    "aarch64", "ubuntu", "24.04", "3.12.3", GPU("NVIDIA GB10", (12, 1), "580.95.05"), "13.0", 20, True
+)
+RTX5090 = Host(
+    "x86_64", "ubuntu", "24.04", "3.12.3", GPU("NVIDIA GeForce RTX 5090", (12, 0), "580.82"), "13.0", 32, True
+)
+H100 = Host(
+    "x86_64", "ubuntu", "22.04", "3.12.3", GPU("NVIDIA H100 80GB HBM3", (9, 0), "590.10"), "13.1", 64, True
+)
+
+
+def names(steps):
+    return [step.name for step in steps]
+
+
+def commands(steps, name):
+    return [c.shell() for s in steps if s.name == name for c in s.commands]
+
+
+@pytest.mark.parametrize(("host", "arch"), [(SPARK, "121a"), (RTX5090, "120a"), (H100, "90a")])
+def test_llama_cpp_plan_builds_for_the_detected_gpu(host, arch):
+    steps = build_plan(Options(), host, LOCK)
+    assert names(steps) == [
+        "system-packages",
+        "service-user",
+        "venv",
+        "pytorch",
+        "nemo",
+        "llama-cpp",
+        "application",
+        "models",
+        "configuration",
+        "units",
+    ]
+    assert any(f"-DCMAKE_CUDA_ARCHITECTURES={arch}" in c for c in commands(steps, "llama-cpp"))
+    assert any(LOCK.sources["llama_cpp"].commit in c for c in commands(steps, "llama-cpp"))
+    major, minor = host.gpu.capability
+    assert any(f"major, minor = {major}, {minor}" in c for c in commands(steps, "pytorch"))
+
+
+def test_vllm_plan_builds_vllm_against_our_torch_and_skips_llama_cpp():
+    steps = build_plan(Options(mode="vllm"), SPARK, LOCK)
+    assert "vllm" in names(steps) and "triton-ptxas" in names(steps) and "llama-cpp" not in names(steps)
+    vllm = " ".join(commands(steps, "vllm"))
+    assert "TORCH_CUDA_ARCH_LIST=12.1" in vllm and "--no-build-isolation" in vllm
+    assert "-c /opt/nemotron/constraints.txt" in vllm  # torch is pinned: vLLM cannot replace it
+
+
+def test_source_torch_and_existing_llama_server_and_parts_left_out():
+    options = Options(torch_source="source", llama_server="/usr/bin/llama-server", tts=False)
+    steps = build_plan(options, SPARK, LOCK)
+    assert "torch-source" in names(steps) and "torchaudio-source" in names(steps)
+    assert "llama-cpp" not in names(steps)
+    assert any("TORCH_CUDA_ARCH_LIST=12.1" in c for c in commands(steps, "torch-source"))
+    config = render_config(options, LOCK)
+    assert "[tts]" not in config and 'llama_server = "/usr/bin/llama-server"' in config
+    units = next(s for s in steps if s.name == "units")
+    assert "nemotron-tts.service" not in units.inputs["enable"]
+
+
+def test_default_lock_parses_and_bad_locks_are_refused(tmp_path):
+    assert LOCK.sources["nemo"].commit == "644201898480ec8c8d0a637f0c773825509ac4dc"
+    assert LOCK.torch_wheels and LOCK.system_packages
+    text = DEFAULT_LOCK.read_text()
+    bad_commit = tmp_path / "bad.toml"
+    bad_commit.write_text(text.replace("bb80f69bc98cbf062bf030cb11185f7ba526e28a", "main"))
+    with pytest.raises(LockError, match=r"\[vllm\] commit must be a full 40-digit"):
+        load_lock(bad_commit)
+    missing = tmp_path / "missing.toml"
+    missing.write_text(text.split("[llama_cpp]")[0])
+    with pytest.raises(LockError, match=r"\[llama_cpp\] is missing"):
+        load_lock(missing)
+    broken = tmp_path / "broken.toml"
+    broken.write_text("[torch\n")
+    with pytest.raises(LockError, match="not valid TOML"):
+        load_lock(broken)
+
+
+def shell_step(name, script, **inputs):
+    return Step(name, name, commands=[Command(["sh", "-c", script])], inputs=inputs)
+
+
+def test_stamps_skip_done_steps_and_a_failed_run_resumes_at_the_failure(tmp_path):
+    out = tmp_path / "out.txt"
+    flag = tmp_path / "flag"
+    steps = [
+        shell_step("first", f"echo first >> {out}"),
+        shell_step("second", f"test -f {flag} && echo second >> {out}"),
+        shell_step("third", f"echo third >> {out}"),
+    ]
+    runner = Runner(tmp_path / "stamps", tmp_path / "logs", out=open(os.devnull, "w"))
+    with pytest.raises(StepFailed) as failed:
+        runner.run(steps)
+    assert failed.value.step.name == "second"
+    assert "exited with 1" in failed.value.reason and failed.value.log == tmp_path / "logs/second.log"
+    assert "$ sh -c" in failed.value.log.read_text()
+    flag.touch()
+    runner.run(steps)  # resumes: first is not run again
+    assert out.read_text().split() == ["first", "second", "third"]
+    runner.run(steps)  # a no-op re-run
+    assert out.read_text().split() == ["first", "second", "third"]
+    assert json.loads((tmp_path / "stamps/third.json").read_text())["hash"]
+
+
+def test_changed_inputs_rerun_that_step_and_everything_after_it(tmp_path):
+    out = tmp_path / "out.txt"
+    runner = Runner(tmp_path / "stamps", tmp_path / "logs", out=open(os.devnull, "w"))
+    steps = [
+        shell_step("a", f"echo a >> {out}", version=1),
+        shell_step("b", f"echo b >> {out}"),
+        shell_step("c", f"echo c >> {out}"),
+    ]
+    runner.run(steps)
+    runner.run([steps[0], shell_step("b", f"echo b >> {out}", flag=True), steps[2]])
+    assert out.read_text().split() == ["a", "b", "c", "b", "c"]
+    forced = Runner(tmp_path / "stamps", tmp_path / "logs", out=open(os.devnull, "w"), force=("a",))
+    forced.run(steps)
+    assert out.read_text().split()[-3:] == ["a", "b", "c"]
+
+
+def test_dry_run_prints_every_command_and_runs_nothing(tmp_path):
+    result = CliRunner().invoke(
+        main,
+        [
+            "--dry-run",
+            "--mode",
+            "llamacpp-q4",
+            "--no-tts",
+            "--set",
+            "asr.right_context=6",
+            "--prefix",
+            str(tmp_path / "opt"),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert (
+        "apt-get install" in result.output
+        and "git clone https://github.com/ggml-org/llama.cpp" in result.output
+    )
+    assert "*Q4_K_M*.gguf" in result.output and "right_context = 6" in result.output
+    assert "[tts]" not in result.output
+    assert not (tmp_path / "opt").exists()
+
+
+def test_bad_set_option_is_refused():
+    result = CliRunner().invoke(main, ["--dry-run", "--set", "nonsense"])
+    assert result.exit_code != 0 and "TABLE.SETTING=VALUE" in result.output
+
+
+def ok_disk(_path):
+    return 500.0
+
+
+def test_preflight_passes_on_a_good_host():
+    assert check(SPARK, Options(), LOCK, disk=ok_disk, reachable=lambda url: True) == []
+
+
+@pytest.mark.parametrize(
+    ("host", "options", "expected"),
+    [
+        (Host("aarch64", "ubuntu", "24.04", "3.12.3", None, "13.0", 20, True), Options(), "no NVIDIA GPU"),
+        (
+            Host("aarch64", "ubuntu", "24.04", "3.12.3", SPARK.gpu, "13.0", 20, False),
+            Options(),
+            "must run as root",
+        ),
+        (Host("ppc64le", "ubuntu", "24.04", "3.12.3", SPARK.gpu, "13.0", 20, True), Options(), "ppc64le"),
+        (
+            Host("x86_64", "ubuntu", "24.04", "3.12.3", GPU("Tesla T4", (7, 5), "580.1"), "13.0", 8, True),
+            Options(),
+            "compute capability 7.5",
+        ),
+        (
+            Host("x86_64", "ubuntu", "24.04", "3.12.3", GPU("H100", (9, 0), "550.54"), "13.0", 8, True),
+            Options(),
+            "older than R580",
+        ),
+        (
+            Host("x86_64", "ubuntu", "24.04", "3.12.3", H100.gpu, "12.4", 8, True),
+            Options(),
+            "CUDA toolkit 13",
+        ),
+    ],
+)
+def test_preflight_names_the_problem_and_the_fix(host, options, expected):
+    problems = check(host, options, LOCK, disk=ok_disk, reachable=lambda url: True)
+    assert any(expected in p.what for p in problems), problems
+    assert all(p.fix for p in problems)
+
+
+def test_preflight_checks_disk_and_network():
+    problems = check(SPARK, Options(), LOCK, disk=lambda path: 10.0, reachable=lambda url: False)
+    texts = " ".join(p.what for p in problems)
+    assert "GiB free under /opt/nemotron" in texts and "GiB free under /var/lib/nemotron" in texts
+    assert "cannot reach" in texts
+
+
+def fake_repo(cache: Path, repo_id: str, files: list[str]) -> Path:
+    repo = cache / ("models--" + repo_id.replace("/", "--"))
+    snapshot = repo / "snapshots" / "abc123"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs/main").write_text("abc123")
+    for name in files:
+        blob = repo / "blobs" / name.replace("/", "_")
+        blob.parent.mkdir(parents=True, exist_ok=True)
+        blob.write_bytes(b"weights")
+        (snapshot / name).parent.mkdir(parents=True, exist_ok=True)
+        (snapshot / name).symlink_to(os.path.relpath(blob, (snapshot / name).parent))
+    return repo
+
+
+def test_models_are_found_in_user_caches_including_split_gguf(tmp_path):
+    user_cache = tmp_path / "home/.cache/huggingface/hub"
+    gguf = "unsloth/Nemotron-3-Nano-30B-A3B-GGUF"
+    repo = fake_repo(
+        user_cache,
+        gguf,
+        [
+            "Q8_0/Nemotron-3-Nano-30B-A3B-Q8_0-00001-of-00002.gguf",
+            "Q8_0/Nemotron-3-Nano-30B-A3B-Q8_0-00002-of-00002.gguf",
+        ],
+    )
+    service = tmp_path / "service-hf"
+    caches = candidate_caches(service, {"HF_HUB_CACHE": str(user_cache)})
+    assert caches[:2] == [service, user_cache]
+    assert find(Wanted("llm", gguf, "*Q8_0*.gguf"), caches) == repo
+    assert find(Wanted("llm", gguf, "*Q4_K_M*.gguf"), caches) is None
+
+
+def test_models_step_links_found_models_into_the_service_cache(tmp_path, monkeypatch):
+    user_cache = tmp_path / "user-hub"
+    fake_repo(user_cache, "nvidia/nemotron-speech-streaming-en-0.6b", ["model.nemo"])
+    monkeypatch.setenv("HF_HUB_CACHE", str(user_cache))
+    options = Options(state_dir=tmp_path / "state", user="root", tts=False, llm=False)
+    (tmp_path / "state/hf").mkdir(parents=True)
+    step = models_step(options, LOCK)
+    log = []
+    step.action(log.append)
+    copied = (
+        tmp_path / "state/hf/models--nvidia--nemotron-speech-streaming-en-0.6b/snapshots/abc123/model.nemo"
+    )
+    assert copied.read_bytes() == b"weights"
+    from nemotron_common.model_files import resolve_model
+
+    assert resolve_model("nvidia/nemotron-speech-streaming-en-0.6b", str(tmp_path / "state/hf")) == copied
+
+
+def test_gpu_config_waits_for_the_gpu_and_the_test_profile_does_not():
+    assert 'device = "cuda"' in render_config(Options(), LOCK)
+    assert "device" not in render_config(Options(profile="cpu-test"), LOCK)
+
+
+def test_gpu_wait_reports_and_gives_up_with_the_reason(tmp_path):
+    from nemotron_common.gpu import wait_for_devices
+
+    seen = []
+    wait_for_devices("auto", lambda text, budget: seen.append(text), nodes=(str(tmp_path / "nvidia0"),))
+    assert seen == []
+    with pytest.raises(RuntimeError, match="did not appear within 1 s"):
+        wait_for_devices("cuda", lambda text, budget: seen.append(text), timeout_s=1,
+                         nodes=(str(tmp_path / "nvidia0"),))
+    assert seen and "waiting for" in seen[0]
