@@ -59,10 +59,9 @@ class Options:
         return self.llama_server or str(self.prefix / "llama.cpp/bin/llama-server")
 
 
-def _pip(options: Options, *args: str) -> Command:
-    return Command(
-        [str(options.venv_dir / "bin/python"), "-m", "pip", "install", "--progress-bar", "off", *args]
-    )
+def _pip(options: Options, *args: str, env: dict[str, str] | None = None) -> Command:
+    python = str(options.venv_dir / "bin/python")
+    return Command([python, "-m", "pip", "install", "--progress-bar", "off", *args], env=env or {})
 
 
 def _constraints(options: Options) -> Path:
@@ -194,17 +193,7 @@ def pytorch(options: Options, host: Host, lock: Lock) -> list[Step]:
                     Command(["git", "clone", "--filter=blob:none", source.repo, str(src)]),
                     Command(["git", "-C", str(src), "checkout", source.commit]),
                     Command(["git", "-C", str(src), "submodule", "update", "--init", "--recursive"]),
-                    Command(
-                        [
-                            str(options.venv_dir / "bin/python"),
-                            "-m",
-                            "pip",
-                            "install",
-                            "--no-build-isolation",
-                            str(src),
-                        ],
-                        env=env,
-                    ),
+                    _pip(options, "--no-build-isolation", str(src), env=env),
                 ],
             )
         )
@@ -236,17 +225,12 @@ def vllm(options: Options, host: Host, lock: Lock) -> Step:
         f"vLLM from source at {source.commit[:12]}",
         inputs={"commit": source.commit, "env": env},
         commands=[
-            Command(
-                [
-                    str(options.venv_dir / "bin/python"),
-                    "-m",
-                    "pip",
-                    "install",
-                    "--no-build-isolation",
-                    "-c",
-                    str(_constraints(options)),
-                    f"vllm @ git+{source.repo}@{source.commit}",
-                ],
+            _pip(
+                options,
+                "--no-build-isolation",
+                "-c",
+                str(_constraints(options)),
+                f"vllm @ git+{source.repo}@{source.commit}",
                 env=env,
             ),
             Command(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import threading
 import time
 from pathlib import Path
@@ -10,8 +9,8 @@ from pathlib import Path
 import numpy as np
 from loguru import logger
 from nemotron_common import nemo_fixes
-from nemotron_common.health import Health
 from nemotron_common.lifecycle import Progress
+from nemotron_common.service import EngineService
 
 from .config import ASRConfig
 from .engine import Engine, Result
@@ -20,32 +19,18 @@ from .transport import Transport
 LOAD_BUDGET_S = 600  # start time systemd grants per loading stage
 
 
-class ASRService:
+class ASRService(EngineService):
     name = "nemotron-asr"
 
     def __init__(self, config: ASRConfig, model_path: Path) -> None:
+        super().__init__("asr", model_path, config.max_sessions)
         self.config = config
-        self.model_path = model_path
         self.engine: Engine | None = None
-        self.device_text = ""
-        self.health = Health("asr", self._health_details)
         self.transport = Transport(self.health, config.host, config.port, config.max_sessions,
                                    config.max_frame_bytes)
-        self._failed = asyncio.Event()
-        self._loop: asyncio.AbstractEventLoop | None = None
 
-    def _health_details(self) -> dict:
-        details = {"model": self.model_path.name, "sessions": len(self.transport.sessions),
-                   "max_sessions": self.config.max_sessions}
-        if self.device_text:
-            details["device"] = self.device_text
-        if self.engine is not None:
-            details["steps"] = self.engine.stats.summary()
-        return details
-
-    async def listen(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        await self.transport.start()
+    def engine_details(self) -> dict:
+        return {"steps": self.engine.stats.summary()}
 
     def load_and_warm_up(self, progress: Progress) -> str:
         from nemotron_common.gpu import wait_for_devices
@@ -71,7 +56,7 @@ class ASRService:
         nemo_fixes.check_interned_bytes()
         self.device_text = model.describe()
         self.transport.engine = self.engine
-        threading.Thread(target=self._watch_engine, name="engine-watch", daemon=True).start()
+        self.watch()
         return f"ready on {self.device_text}; warmup {warm_s:.2f} s"
 
     def _warm_up(self, streams: int) -> float:
@@ -97,21 +82,3 @@ class ASRService:
             self.engine.close(stream_id)
         self.engine.model.synchronize()
         return time.monotonic() - started
-
-    def _watch_engine(self) -> None:
-        self.engine.failed.wait()
-        self._loop.call_soon_threadsafe(self._failed.set)
-
-    def engine_alive(self) -> bool:
-        return self.engine is not None and self.engine.alive()
-
-    async def wait_engine_failed(self) -> None:
-        await self._failed.wait()
-
-    async def drain(self, timeout_s: float) -> None:
-        await self.transport.drain(timeout_s)
-
-    async def close(self) -> None:
-        await self.transport.close()
-        if self.engine:
-            self.engine.stop()

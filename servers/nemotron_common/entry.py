@@ -10,10 +10,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import NoReturn
 
+import click
 from loguru import logger
 
 from . import exitcodes, logs
-from .config import ConfigError, load
+from .config import ConfigError, click_options, load
 
 
 def serve(schema: type, table: str, config_path: Path | None, flags: dict, make_server: Callable) -> NoReturn:
@@ -34,3 +35,20 @@ def serve(schema: type, table: str, config_path: Path | None, flags: dict, make_
     from .lifecycle import run
 
     sys.exit(asyncio.run(run(server, config.drain_timeout)))
+
+
+def command(schema: type, table: str, summary: str, make_server: Callable) -> click.Command:
+    """The click command of a server: ``--config`` plus one flag per setting of ``schema``."""
+    env = table.upper()
+
+    @click.command(context_settings={"help_option_names": ["-h", "--help"]},
+                   help=f"{summary}\n\nSettings come from the [{table}] table of the config file, "
+                        f"NEMOTRON_{env}_<SETTING> environment variables and these flags, in increasing "
+                        "priority. Exit status 78 means a bad setting.")
+    @click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+                  help="configuration file [default: /etc/nemotron/nemotron.toml or $NEMOTRON_CONFIG]")
+    @click_options(schema)
+    def main(config_path: Path | None, **flags) -> None:
+        serve(schema, table, config_path, flags, make_server)
+
+    return main

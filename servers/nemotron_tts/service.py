@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
 import queue
-import threading
 import time
 from pathlib import Path
 
 from loguru import logger
 from nemotron_common import nemo_fixes
-from nemotron_common.health import Health
 from nemotron_common.lifecycle import Progress
+from nemotron_common.service import EngineService
 
 from .catalog import Catalog
 from .config import TTSConfig
@@ -21,33 +19,19 @@ from .transport import Transport
 LOAD_BUDGET_S = 600  # start time systemd grants per loading stage
 
 
-class TTSService:
+class TTSService(EngineService):
     name = "nemotron-tts"
 
     def __init__(self, config: TTSConfig, model_path: Path, codec_path: Path | None = None) -> None:
+        super().__init__("tts", model_path, config.max_sessions)
         self.config = config
-        self.model_path = model_path
         self.codec_path = codec_path
         self.engine: Engine | None = None
-        self.device_text = ""
-        self.health = Health("tts", self._health_details)
         self.transport = Transport(self.health, config.host, config.port, config.max_sessions,
                                    config.max_text_chars)
-        self._failed = asyncio.Event()
-        self._loop: asyncio.AbstractEventLoop | None = None
 
-    def _health_details(self) -> dict:
-        details = {"model": self.model_path.name, "sessions": len(self.transport.sessions),
-                   "max_sessions": self.config.max_sessions}
-        if self.device_text:
-            details["device"] = self.device_text
-        if self.engine is not None:
-            details["engine"] = self.engine.summary()
-        return details
-
-    async def listen(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        await self.transport.start()
+    def engine_details(self) -> dict:
+        return {"engine": self.engine.summary()}
 
     def load_and_warm_up(self, progress: Progress) -> str:
         from nemotron_common.gpu import wait_for_devices
@@ -77,7 +61,7 @@ class TTSService:
         self.transport.catalog = catalog
         self.transport.sample_rate = model.sample_rate
         self.transport.engine = self.engine
-        threading.Thread(target=self._watch_engine, name="engine-watch", daemon=True).start()
+        self.watch()
         return f"ready on {self.device_text}; warmup {warm_s:.2f} s"
 
     def _warm_up(self, catalog: Catalog) -> float:
@@ -96,21 +80,3 @@ class TTSService:
             if error:
                 raise RuntimeError(f"warmup failed: {error}")
         return time.monotonic() - started
-
-    def _watch_engine(self) -> None:
-        self.engine.failed.wait()
-        self._loop.call_soon_threadsafe(self._failed.set)
-
-    def engine_alive(self) -> bool:
-        return self.engine is not None and self.engine.alive()
-
-    async def wait_engine_failed(self) -> None:
-        await self._failed.wait()
-
-    async def drain(self, timeout_s: float) -> None:
-        await self.transport.drain(timeout_s)
-
-    async def close(self) -> None:
-        await self.transport.close()
-        if self.engine:
-            self.engine.stop()
