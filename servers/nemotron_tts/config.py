@@ -20,6 +20,7 @@ class TTSConfig:
     voices: str = setting(VOICES, "voice names for the model's baked speakers, in speaker-index order")
     default_voice: str = setting("aria", "voice used when a request names none")
     cfg: bool = setting(True, "classifier-free guidance (better speech, twice the decoder work)")
+    cuda_graphs: bool = setting(True, "replay the local transformer's per-frame sampling from CUDA graphs")
     kv_cache: bool = setting(True, "reuse the decoder's attention keys and values across steps")
     max_frames: int = setting(0, "codec frames per sentence at most (0 = the model's own limit)")
     max_batch: int = setting(16, "most segments generated together in one batch", check=positive)

@@ -43,7 +43,7 @@ def pick_device(name: str) -> torch.device:
 
 class SpeechModel:
     def __init__(self, path: Path, device: str = "auto", use_cfg: bool = True, kv_cache: bool = True,
-                 max_frames: int = 0, codec: Path | None = None) -> None:
+                 max_frames: int = 0, codec: Path | None = None, cuda_graphs: bool = True) -> None:
         from nemo.collections.tts.models import MagpieTTSModel
         from nemotron_common import nemo_fixes
         from nemotron_common.logs import adopt
@@ -64,6 +64,12 @@ class SpeechModel:
             self.model.inference_parameters.max_decoder_steps = max_frames
         self.use_cfg = use_cfg
         self.kv_cache = kv_cache
+        self.sampler = None
+        if cuda_graphs and self.device.type == "cuda":
+            from .local_sampler import LocalSampler
+
+            self.sampler = LocalSampler(self.model._lt_helper, graphs=True)
+            self.sampler.install()
         self.sample_rate = int(self.model.output_sample_rate)
         self.samples_per_frame = int(self.model.codec_model_samples_per_frame)
         self.speakers = int(self.model.num_baked_speakers)
@@ -84,6 +90,14 @@ class SpeechModel:
                     found[language] = candidate
                     break
         return found
+
+    def capture(self, max_batch: int) -> int:
+        """Capture the local transformer's sampling for every batch bucket; returns the graph count."""
+        if self.sampler is None:
+            return 0
+        params = self.model.inference_parameters
+        return self.sampler.capture_all(max_batch, self.model.cfg.decoder.d_model, params.temperature,
+                                        params.topk, self.use_cfg, params.cfg_scale)
 
     def describe(self) -> str:
         if self.device.type == "cuda":

@@ -81,3 +81,24 @@ def test_batch_keeps_each_utterance_apart(plain):
     for frames, single in zip(got, alone, strict=True):
         codes = torch.cat(frames, dim=-1)
         assert codes.shape[0] == single.shape[0] and codes.shape[-1] >= 1
+
+
+@pytest.mark.parametrize("use_cfg", [False, True])
+@pytest.mark.parametrize("forbid_eos", [False, True])
+def test_static_local_sampler_draws_the_codes_nemo_draws(plain, use_cfg, forbid_eos):
+    """The graph-capturable sampler is NeMo's sample_autoregressive: same seed, same codes."""
+    from nemotron_tts.local_sampler import LocalSampler
+
+    helper = plain.model._lt_helper
+    sampler = LocalSampler(helper, graphs=False)
+    rows = 6 if use_cfg else 3
+    width = plain.model.cfg.decoder.d_model
+    dec_output = torch.randn(rows, width, generator=torch.Generator().manual_seed(1))
+    args = dict(temperature=0.7, topk=80, use_cfg=use_cfg, cfg_scale=2.5, forbid_audio_eos=forbid_eos)
+    for seed in range(3):
+        torch.manual_seed(seed)
+        expected = helper.sample_autoregressive(dec_output, unfinished_items={}, finished_items={}, **args)
+        torch.manual_seed(seed)
+        got = sampler(dec_output, unfinished_items={}, finished_items={}, **args)
+        assert torch.equal(got, expected)
+    assert got.shape == (rows // 2 if use_cfg else rows, plain.model.num_audio_codebooks, 1)
