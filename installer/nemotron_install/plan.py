@@ -353,9 +353,12 @@ def models_step(options: Options, lock: Lock) -> Step:
             target = options.hf_cache / repo_dir_name(item.repo_id)
             if found is not None and found != target:
                 log(f"{item.repo_id}: found in {found.parent}; linking into {options.hf_cache}")
-                subprocess.run(["cp", "-al", str(found), str(target)], check=False)
-                if not target.exists():
-                    subprocess.run(["cp", "-a", str(found), str(target)], check=True)
+                target.mkdir(parents=True, exist_ok=True)
+                # Merge into what the service cache may already hold: hard links on one filesystem,
+                # a copy across filesystems.
+                linked = subprocess.run(["cp", "-alf", f"{found}/.", str(target)], capture_output=True)
+                if linked.returncode != 0:
+                    subprocess.run(["cp", "-af", f"{found}/.", str(target)], check=True)
             elif found is None:
                 _download(item, options, log)
             log(f"{item.repo_id}: ready in {options.hf_cache}")
@@ -441,7 +444,8 @@ def render_config(options: Options, lock: Lock) -> str:
                 "llm",
                 {
                     "mode": options.mode,
-                    "model": options.llm_model,
+                    # vLLM needs an id; llama.cpp finds the GGUF in hf_cache by itself.
+                    "model": options.llm_model or (lock.models["bf16"] if options.mode == "vllm" else ""),
                     "hf_cache": cache,
                     "host": options.bind,
                     "port": options.llm_port,

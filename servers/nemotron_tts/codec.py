@@ -40,15 +40,24 @@ def receptive_field(decode, num_codebooks: int, codebook_size: int, device: torc
     # back (left) and ahead (right).
     return Context(left=last - middle + 1, right=max(0, middle - first + 1) if first < middle else 0)
 
-class StreamDecoder:
-    """Decodes one utterance's growing code sequence into audio, chunk by chunk."""
+@dataclass(frozen=True)
+class Window:
+    """The code frames to decode for one chunk, and which of the decoded samples are the chunk."""
 
-    def __init__(self, decode, context: Context, samples_per_frame: int) -> None:
-        self.decode = decode
+    codes: torch.Tensor  # (codebooks, frames), earlier (and later) context included
+    offset: int  # first sample of the chunk in the decoded window
+    samples: int  # samples of the chunk
+    end: int  # frames sent once the chunk is out
+
+
+class StreamDecoder:
+    """One utterance's growing code sequence, cut into chunks whose audio joins without seams."""
+
+    def __init__(self, context: Context, samples_per_frame: int) -> None:
         self.context = context
         self.samples_per_frame = samples_per_frame
         self.codes: torch.Tensor | None = None  # (codebooks, frames) generated so far
-        self.sent = 0  # frames whose audio has been returned
+        self.sent = 0  # frames whose audio has been handed out
 
     @property
     def total(self) -> int:
@@ -61,15 +70,29 @@ class StreamDecoder:
         """Frames that could be sent now without waiting for later codes."""
         return max(0, self.total - self.context.right - self.sent)
 
-    def take(self, final: bool = False) -> torch.Tensor:
-        """Float audio of every ready frame (of all remaining frames when ``final``)."""
+    def window(self, final: bool = False) -> Window | None:
+        """The next chunk: every ready frame (every remaining frame when ``final``); None if none."""
         end = self.total if final else self.total - self.context.right
         if end <= self.sent:
-            return torch.zeros(0)
+            return None
         start = max(0, self.sent - self.context.left)
         stop = min(self.total, end + self.context.right)
-        audio = self.decode(self.codes[:, start:stop].unsqueeze(0))[0]
-        offset = (self.sent - start) * self.samples_per_frame
-        chunk = audio[offset:offset + (end - self.sent) * self.samples_per_frame]
+        spf = self.samples_per_frame
+        chunk = Window(self.codes[:, start:stop], (self.sent - start) * spf, (end - self.sent) * spf, end)
         self.sent = end
         return chunk
+
+
+def decode_windows(decode, windows: list[Window]) -> list[torch.Tensor]:
+    """Each window's chunk audio; windows of one length share one codec call (the usual case for
+    utterances generated in one batch, which advance a frame per step together)."""
+    audio: list[torch.Tensor | None] = [None] * len(windows)
+    by_length: dict[int, list[int]] = {}
+    for index, window in enumerate(windows):
+        by_length.setdefault(window.codes.shape[-1], []).append(index)
+    for indices in by_length.values():
+        decoded = decode(torch.stack([windows[i].codes for i in indices]))
+        for row, index in enumerate(indices):
+            window = windows[index]
+            audio[index] = decoded[row, window.offset:window.offset + window.samples]
+    return audio

@@ -20,6 +20,7 @@ import torch
 from loguru import logger
 
 from .audio import duration_ms, to_pcm16
+from .codec import decode_windows
 from .model import SpeechModel, Utterance
 
 
@@ -149,23 +150,21 @@ class Engine:
         decoders = [self.model.stream_decoder() for _ in batch]
         targets = [job.preset.first_frames if job.preset else 0 for job in batch]
 
-        def frames_of(index: int) -> Callable[[torch.Tensor], None]:
-            job, decoder = batch[index], decoders[index]
+        def on_step() -> None:
+            """Decode every streamed job's due chunk, one codec call for all that line up."""
+            self.heartbeat = time.monotonic()
+            due = [i for i, job in enumerate(batch) if job.preset and not job.cancelled.is_set()
+                   and decoders[i].ready() >= targets[i]]
+            for i in due:
+                targets[i] = batch[i].preset.chunk_frames
+            self._send_windows([batch[i] for i in due], [decoders[i].window() for i in due])
 
-            def on_frames(codes: torch.Tensor) -> None:
-                self.heartbeat = time.monotonic()
-                decoder.push(codes)
-                if job.preset and decoder.ready() >= targets[index] and not job.cancelled.is_set():
-                    self._send(job, decoder.take())
-                    targets[index] = job.preset.chunk_frames
-            return on_frames
-
-        utterances = [Utterance(job.chunks, job.speaker, frames_of(i), job.cancelled.is_set)
-                      for i, job in enumerate(batch)]
+        utterances = [Utterance(job.chunks, job.speaker, decoder.push, job.cancelled.is_set)
+                      for job, decoder in zip(batch, decoders, strict=True)]
         if self.seed:
             torch.manual_seed(self.seed)
         try:
-            self.model.generate(utterances)
+            self.model.generate(utterances, on_step)
         except (RuntimeError, ValueError) as exc:
             logger.opt(exception=exc).error(f"generation failed for a batch of {len(batch)}: {exc}")
             for job in batch:
@@ -175,15 +174,17 @@ class Engine:
             return
         finally:
             self.busy = False
-        for job, decoder in zip(batch, decoders, strict=True):
-            if not job.cancelled.is_set():
-                self._send(job, decoder.take(final=True))
+        wanted = [(job, decoder.window(final=True)) for job, decoder in zip(batch, decoders, strict=True)
+                  if not job.cancelled.is_set()]
+        wanted = [(job, window) for job, window in wanted if window is not None]
+        self._send_windows([job for job, _ in wanted], [window for _, window in wanted])
+        for job in batch:
             job.on_done(duration_ms(job.sent_bytes, self.model.sample_rate), None)
 
-    @staticmethod
-    def _send(job: Job, audio: torch.Tensor) -> None:
-        if audio.numel():
-            pcm = to_pcm16(audio)
-            job.sent_bytes += len(pcm)
-            job.on_audio(pcm)
+    def _send_windows(self, jobs: list[Job], windows: list) -> None:
+        for job, audio in zip(jobs, decode_windows(self.model.decode, windows), strict=True):
+            if audio.numel():
+                pcm = to_pcm16(audio)
+                job.sent_bytes += len(pcm)
+                job.on_audio(pcm)
 

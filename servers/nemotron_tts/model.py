@@ -120,11 +120,12 @@ class SpeechModel:
         return audio.float()
 
     def stream_decoder(self) -> StreamDecoder:
-        return StreamDecoder(self.decode, self.context, self.samples_per_frame)
+        return StreamDecoder(self.context, self.samples_per_frame)
 
     @torch.inference_mode()
-    def generate(self, utterances: list[Utterance]) -> None:
-        """Generate all utterances as one batch; frames reach each ``on_frames`` as they are made.
+    def generate(self, utterances: list[Utterance], on_step: Callable[[], None] | None = None) -> None:
+        """Generate all utterances as one batch; frames reach each ``on_frames`` as they are made,
+        and ``on_step`` runs once after each decoder step's frames are handed out.
 
         Utterances of several sentence chunks are generated alone (NeMo carries chunk history per
         batch); the engine batches only single-chunk ones.
@@ -144,7 +145,7 @@ class SpeechModel:
             # would poison NeMo's next call, so it is switched on here and off again below.
             self.model.decoder.reset_cache(use_cache=self.kv_cache)
             try:
-                with self._observe(utterances):
+                with self._observe(utterances, on_step):
                     self.model.generate_speech(batch, chunk_state=state,
                                                end_of_text=[index == chunk_count - 1] * len(tokens),
                                                beginning_of_text=index == 0, use_cfg=self.use_cfg,
@@ -153,7 +154,7 @@ class SpeechModel:
                 self.model.decoder.reset_cache(use_cache=False)
 
     @contextmanager
-    def _observe(self, utterances: list[Utterance]):
+    def _observe(self, utterances: list[Utterance], on_step: Callable[[], None] | None):
         model = self.model
         check = type(model)._check_eos_and_update_state
         stacking = model.frame_stacking_factor
@@ -174,6 +175,8 @@ class SpeechModel:
                     wanted = True
                 if valid > 0:
                     utterance.on_frames(codes[i, :, :valid])
+            if on_step is not None:
+                on_step()
             if not wanted:
                 # Every utterance has ended or been cancelled: NeMo would go on to its own end check.
                 if len(ended) < len(utterances):

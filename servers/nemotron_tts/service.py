@@ -67,18 +67,21 @@ class TTSService(EngineService):
         return f"ready on {self.device_text}; warmup {warm_s:.2f} s"
 
     def _warm_up(self, catalog: Catalog) -> float:
-        """One real synthesis per path (streamed and whole) so kernels and memory are claimed."""
+        """Real syntheses: one streamed, then a full batch of whole ones, to claim the peak memory."""
         started = time.monotonic()
         prepared = catalog.prepare(self.config.warmup_text, None, "en" if "en" in catalog.languages
                                    else catalog.languages[0])
-        for preset in (PRESETS["aggressive"], None):
+        for preset, count in ((PRESETS["aggressive"], 1), (None, self.config.max_batch)):
             outcome: queue.SimpleQueue[str | None] = queue.SimpleQueue()
-            self.engine.submit(Job(prepared.chunks, prepared.speaker, client=self, on_audio=lambda _pcm: None,
-                                   on_done=lambda _ms, error, q=outcome: q.put(error), preset=preset))
-            try:
-                error = outcome.get(timeout=LOAD_BUDGET_S)
-            except queue.Empty:
-                raise RuntimeError("warmup did not finish") from None
-            if error:
-                raise RuntimeError(f"warmup failed: {error}")
+            for _ in range(count):  # one client each, so they share one batch
+                self.engine.submit(Job(prepared.chunks, prepared.speaker, client=object(),
+                                       on_audio=lambda _pcm: None,
+                                       on_done=lambda _ms, error, q=outcome: q.put(error), preset=preset))
+            for _ in range(count):
+                try:
+                    error = outcome.get(timeout=LOAD_BUDGET_S)
+                except queue.Empty:
+                    raise RuntimeError("warmup did not finish") from None
+                if error:
+                    raise RuntimeError(f"warmup failed: {error}")
         return time.monotonic() - started

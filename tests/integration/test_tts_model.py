@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from nemotron_tts.codec import decode_windows
 from nemotron_tts.engine import PRESETS
 from nemotron_tts.model import SpeechModel, Utterance
 
@@ -54,9 +55,10 @@ def test_streamed_audio_equals_whole_decode_at_every_seam(plain, preset):
     for index in range(codes.shape[-1]):
         decoder.push(codes[:, index:index + 1])
         if decoder.ready() >= target:
-            pieces.append(decoder.take())
+            pieces += decode_windows(plain.decode, [decoder.window()])
             target = PRESETS[preset].chunk_frames
-    pieces.append(decoder.take(final=True))
+    final = decoder.window(final=True)
+    pieces += decode_windows(plain.decode, [final]) if final else []
     assert len(pieces) > 2
     streamed = torch.cat(pieces)
     assert streamed.shape == whole.shape
@@ -102,3 +104,18 @@ def test_static_local_sampler_draws_the_codes_nemo_draws(plain, use_cfg, forbid_
         got = sampler(dec_output, unfinished_items={}, finished_items={}, **args)
         assert torch.equal(got, expected)
     assert got.shape == (rows // 2 if use_cfg else rows, plain.model.num_audio_codebooks, 1)
+
+
+def test_windows_decoded_together_equal_windows_decoded_alone(plain):
+    codes = [generate(plain, TEXT, speaker=i, seed=i) for i in range(3)]
+    decoders = [plain.stream_decoder() for _ in codes]
+    for decoder, frames in zip(decoders, codes, strict=True):
+        decoder.push(frames[:, :12])
+        decoder.window()  # the first chunk, so the next windows carry left context
+        decoder.push(frames[:, 12:15])
+    windows = [decoder.window() for decoder in decoders]
+    together = decode_windows(plain.decode, windows)
+    for window, audio in zip(windows, together, strict=True):
+        alone = decode_windows(plain.decode, [window])[0]
+        assert audio.shape == alone.shape == (3 * plain.samples_per_frame,)
+        assert (audio - alone).abs().max() < 1e-5

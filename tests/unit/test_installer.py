@@ -277,3 +277,19 @@ def test_gpu_wait_reports_and_gives_up_with_the_reason(tmp_path):
         wait_for_devices("cuda", lambda text, budget: seen.append(text), timeout_s=1,
                          nodes=(str(tmp_path / "nvidia0"),))
     assert seen and "waiting for" in seen[0]
+
+
+def test_models_merge_into_a_partial_service_cache(tmp_path, monkeypatch):
+    user_cache, service = tmp_path / "user-hub", tmp_path / "state/hf"
+    gguf = "unsloth/Nemotron-3-Nano-30B-A3B-GGUF"
+    fake_repo(user_cache, gguf, ["Q8_0/model-Q8_0.gguf"])
+    (service / "models--unsloth--Nemotron-3-Nano-30B-A3B-GGUF/snapshots/abc123").mkdir(parents=True)
+    monkeypatch.setenv("HF_HUB_CACHE", str(user_cache))
+    step = models_step(Options(state_dir=tmp_path / "state", user="root", asr=False, tts=False), LOCK)
+    step.action(lambda text: None)
+    merged = service / "models--unsloth--Nemotron-3-Nano-30B-A3B-GGUF/snapshots/abc123/Q8_0/model-Q8_0.gguf"
+    assert merged.read_bytes() == b"weights"
+
+
+def test_vllm_config_names_the_bf16_model():
+    assert 'model = "nvidia/NVIDIA-Nemotron-3-Nano-30B-A3B-BF16"' in render_config(Options(mode="vllm"), LOCK)
