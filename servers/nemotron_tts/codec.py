@@ -84,14 +84,14 @@ class StreamDecoder:
 
 
 def decode_windows(decode, windows: list[Window]) -> list[torch.Tensor]:
-    """Each window's chunk audio; windows of one length share one codec call (the usual case for
-    utterances generated in one batch, which advance a frame per step together)."""
+    """Each window's chunk audio, on the CPU; windows of one length share one codec call and one
+    device-to-host copy (the usual case: utterances of one batch advance a frame per step together)."""
     audio: list[torch.Tensor | None] = [None] * len(windows)
     by_length: dict[int, list[int]] = {}
     for index, window in enumerate(windows):
         by_length.setdefault(window.codes.shape[-1], []).append(index)
     for indices in by_length.values():
-        decoded = decode(torch.stack([windows[i].codes for i in indices]))
+        decoded = decode(torch.stack([windows[i].codes for i in indices])).float().cpu()
         for row, index in enumerate(indices):
             window = windows[index]
             audio[index] = decoded[row, window.offset:window.offset + window.samples]

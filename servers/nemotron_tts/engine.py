@@ -132,8 +132,7 @@ class Engine:
                 batch = self._next_batch()
                 if not batch:
                     self._wake.get()
-                    # Woken from idle: clients that start together (a burst) share the first batch.
-                    time.sleep(self.gather_s)
+                    self._gather()
                     continue
                 self._generate(batch)
         except Exception as exc:  # noqa: BLE001 - a failure here is fatal for the service
@@ -141,6 +140,18 @@ class Engine:
             self.failed.set()
             for job in self._take_all():
                 job.on_done(0.0, f"speech synthesis engine failed: {exc}")
+
+    def _gather(self) -> None:
+        """Woken from idle: let a burst of clients that start together share the first batch.
+
+        Waits one gather interval, and more while segments keep arriving (at most five), so a lone
+        segment pays one interval and a burst is not cut in two.
+        """
+        deadline = time.monotonic() + 5 * self.gather_s
+        seen = -1
+        while self.queued != seen and time.monotonic() < deadline:
+            seen = self.queued
+            time.sleep(self.gather_s)
 
     def _generate(self, batch: list[Job]) -> None:
         self.busy, self.heartbeat = True, time.monotonic()
