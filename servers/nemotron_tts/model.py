@@ -64,6 +64,9 @@ class SpeechModel:
             self.model.inference_parameters.max_decoder_steps = max_frames
         self.use_cfg = use_cfg
         self.kv_cache = kv_cache
+        from . import prior
+
+        prior.install(self.model)
         self.sampler = None
         if cuda_graphs and self.device.type == "cuda":
             from .local_sampler import LocalSampler

@@ -119,3 +119,34 @@ def test_windows_decoded_together_equal_windows_decoded_alone(plain):
         alone = decode_windows(plain.decode, [window])[0]
         assert audio.shape == alone.shape == (3 * plain.samples_per_frame,)
         assert (audio - alone).abs().max() < 1e-5
+
+
+def test_host_side_attention_prior_equals_nemos(plain):
+    """prior.py's replacements return exactly what NeMo's per-item versions return."""
+    import copy
+
+    from nemo.collections.tts.models import MagpieTTSModel
+    from nemotron_tts import prior
+
+    model = plain.model
+    generator = torch.Generator().manual_seed(0)
+    for trial in range(20):
+        batch = 1 + trial % 5
+        width = 30
+        scores = torch.rand(batch, width, generator=generator)
+        lens = torch.randint(3, width + 1, (batch,), generator=generator)
+        last = [[int(x) for x in torch.randint(0, 12, (batch,), generator=generator)]]
+        positions, counts = torch.randint(0, 20, (batch, 4), generator=generator), torch.randint(
+            0, 14, (batch, 4), generator=generator)
+        counters = [dict(zip(positions[i].tolist(), counts[i].tolist(), strict=True)) for i in range(batch)]
+        args = (scores, last, lens, 5, copy.deepcopy(counters), batch)
+        expected = MagpieTTSModel.get_most_attended_text_timestep(model, *args)
+        got = prior.most_attended(model, scores, last, lens, 5, copy.deepcopy(counters), batch)
+        assert got == expected
+        attended = [min(t, width - 1) for t in expected[0]]
+        state = ({}, {0: 3} if batch > 1 else {}, {batch - 1: 7} if trial % 3 == 0 else {})
+        nemo_prior = MagpieTTSModel.construct_inference_prior(
+            model, 0.1, scores, lens, attended, copy.deepcopy(counters), *copy.deepcopy(state), 5, batch)
+        ours = prior.inference_prior(model, 0.1, scores, lens, attended, copy.deepcopy(counters),
+                                     *copy.deepcopy(state), 5, batch)
+        assert torch.equal(ours[0], nemo_prior[0]) and ours[1:] == nemo_prior[1:]

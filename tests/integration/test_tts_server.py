@@ -26,6 +26,7 @@ def server(tiny_tts_model):
                          env={"WATCHDOG_USEC": "1000000", "JOURNAL_STREAM": "8:1"})
     proc.wait_listening()
     proc.health_while_starting = proc.health()
+    proc.speech_while_starting = post(proc, {"input": "too early"})
     proc.wait_ready()
     proc.ws = f"ws://127.0.0.1:{proc.port}/ws/tts/stream"
     yield proc
@@ -59,6 +60,11 @@ def test_readiness_reported_to_systemd_after_warmup(server):
     for path in ("/health", "/v1/health/ready", "/v1/health/live"):
         status, body = server.health(path)
         assert status == 200 and body["status"] == "healthy" and body["model_loaded"] is True
+
+
+def test_requests_while_loading_get_503(server):
+    status, _, payload = server.speech_while_starting
+    assert status == 503 and "not ready" in json.loads(payload)["error"]["message"]
 
 
 def test_audio_config(server):
