@@ -61,19 +61,21 @@ async def _one_stream(url: str, preset: str, sample_rate: int) -> dict:
             "chunks": len(arrivals)}
 
 
-async def _level(url: str, streams: int, preset: str, sample_rate: int) -> dict:
-    results = await asyncio.gather(*(_one_stream(url, preset, sample_rate) for _ in range(streams)))
+async def _level(url: str, streams: int, preset: str, sample_rate: int, repeats: int) -> dict:
+    results = []
+    for _ in range(repeats):  # one sample per stream and round: several rounds for stable percentiles
+        results += await asyncio.gather(*(_one_stream(url, preset, sample_rate) for _ in range(streams)))
     good = [r for r in results if "error" not in r]
     first = sorted(r["first_audio_ms"] for r in good)
 
     def pct(values, q):
         return round(values[min(len(values) - 1, int(q * len(values)))], 1) if values else None
 
-    return {"streams": streams, "preset": preset, "errors": len(results) - len(good),
+    return {"streams": streams, "preset": preset, "repeats": repeats, "errors": len(results) - len(good),
             "first_audio_p50_ms": pct(first, 0.5), "first_audio_p95_ms": pct(first, 0.95),
             "rtf_mean": round(statistics.mean(r["rtf"] for r in good), 3) if good else None,
             "audio_s_mean": round(statistics.mean(r["audio_s"] for r in good), 2) if good else None,
-            "realtime_streams": sum(1 for r in good if r["max_late_ms"] <= 20.0),
+            "realtime_streams": round(sum(1 for r in good if r["max_late_ms"] <= 20.0) / repeats, 1),
             "max_late_ms": round(max((r["max_late_ms"] for r in good), default=0.0), 1)}
 
 
@@ -84,9 +86,10 @@ async def _level(url: str, streams: int, preset: str, sample_rate: int) -> dict:
 @click.option("--preset", default="aggressive", show_default=True)
 @click.option("--max-frames", default=64, show_default=True,
               help="frames per utterance (random weights rarely stop)")
+@click.option("--repeats", default=5, show_default=True, help="rounds per level (each stream count)")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("bench-out"))
 @click.option("--port", default=18001, show_default=True)
-def main(model_path, configs, streams, preset, max_frames, out, port) -> None:
+def main(model_path, configs, streams, preset, max_frames, repeats, out, port) -> None:
     out.mkdir(parents=True, exist_ok=True)
     counts = [int(s) for s in streams.split(",")]
     report = {"device": device_name(), "model": model_path.name, "max_frames": max_frames, "runs": {}}
@@ -104,7 +107,7 @@ def main(model_path, configs, streams, preset, max_frames, out, port) -> None:
             print(f"{name}: server ready after {ready_s:.0f} s", flush=True)
             levels = []
             for count in counts:
-                result = asyncio.run(_level(url, count, preset, 22050))
+                result = asyncio.run(_level(url, count, preset, 22050, repeats))
                 print(f"{name}: {json.dumps(result)}", flush=True)
                 levels.append(result)
             report["runs"][name] = levels
