@@ -17,6 +17,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "servers"))
 
+from nemotron_tts.code_sampler import CodeSampler  # noqa: E402
 from nemotron_tts.local_sampler import LocalSampler  # noqa: E402
 from nemotron_tts.model import SpeechModel  # noqa: E402
 
@@ -71,6 +72,31 @@ def main(path: str) -> None:
                 ),
                 flush=True,
             )
+
+    codes = CodeSampler(model.model, graphs=True)
+    eager = type(model.model).sample_codes_from_logits
+    width = model.model.num_all_tokens_per_codebook * model.model.num_audio_codebooks
+    for batch in (1, 8, 5):
+        logits = torch.randn(batch, width, device="cuda") * 4
+        args = dict(temperature=0.01, topk=1, forbid_audio_eos=False, unfinished_items={}, finished_items={})
+        equal = []
+        for seed in range(5):
+            torch.manual_seed(seed)
+            expected = eager(model.model, logits.clone(), **args)
+            torch.manual_seed(seed)
+            equal.append(bool(torch.equal(codes(logits.clone(), **args), expected)))
+        print(
+            json.dumps(
+                {
+                    "sampler": "codes (end-of-speech check)",
+                    "batch": batch,
+                    "equal_codes": equal,
+                    "eager_ms": round(timed(lambda x=logits, a=args: eager(model.model, x.clone(), **a)), 2),
+                    "graph_ms": round(timed(lambda x=logits, a=args: codes(x, **a)), 2),
+                }
+            ),
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

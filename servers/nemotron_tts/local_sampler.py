@@ -13,28 +13,33 @@ random numbers than an unpadded one would: the same distribution, another sample
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 
-BUCKETS = (1, 2, 4, 8, 16, 32, 64)
+from .graphs import BUCKETS, GraphPool, bucket_for
+
+
+def forbidden_masks(codebook_size: int, tokens: int, device: torch.device) -> dict[bool, torch.Tensor]:
+    """Tokens never to sample (NeMo's special tokens), without and with end-of-speech, as masks."""
+    from nemo.collections.tts.modules.magpietts_modules import SpecialAudioToken
+
+    masks = {}
+    for forbid_eos in (False, True):
+        mask = torch.zeros(tokens, dtype=torch.bool, device=device)
+        mask[SpecialAudioToken.get_forbidden_tokens(codebook_size, forbid_audio_eos=forbid_eos)] = True
+        masks[forbid_eos] = mask
+    return masks
 
 
 class LocalSampler:
     def __init__(self, helper, graphs: bool) -> None:
-        from nemo.collections.tts.modules.magpietts_modules import SpecialAudioToken
-
         self.helper = helper
         self.eager = helper.sample_autoregressive  # NeMo's own, for every case not handled here
         self.use_graphs = graphs
         weight = helper.local_transformer_out_projections[0].weight
-        tokens = weight.shape[0]
-        self.forbidden = {}
-        for forbid_eos in (False, True):
-            mask = torch.zeros(tokens, dtype=torch.bool, device=weight.device)
-            forbidden = SpecialAudioToken.get_forbidden_tokens(helper.codebook_size,
-                                                                forbid_audio_eos=forbid_eos)
-            mask[forbidden] = True
-            self.forbidden[forbid_eos] = mask
-        self._graphs: dict[tuple, tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]] = {}
+        self.forbidden = forbidden_masks(helper.codebook_size, weight.shape[0], weight.device)
+        self.pool = GraphPool()
 
     def install(self) -> None:
         self.helper.sample_autoregressive = self
@@ -49,45 +54,35 @@ class LocalSampler:
                               forbid_audio_eos=forbid_audio_eos, sanitize_logits=sanitize_logits)
         flags = (temperature, topk, use_cfg, cfg_scale, forbid_audio_eos)
         rows = dec_output.shape[0] // 2 if use_cfg else dec_output.shape[0]
-        bucket = next((b for b in BUCKETS if b >= rows), None)
+        bucket = bucket_for(rows)
         if not self.use_graphs or dec_output.device.type != "cuda" or bucket is None:
             return self.sample(dec_output, *flags)
-        captured = self._graphs.get((bucket, *flags)) or self._capture(bucket, dec_output, flags)
-        graph, static_in, static_out = captured
-        static_in.zero_()
-        if use_cfg:  # conditional rows, then unconditional rows: each half padded to the bucket
-            static_in[:rows] = dec_output[:rows]
-            static_in[bucket:bucket + rows] = dec_output[rows:]
-        else:
-            static_in[:rows] = dec_output
-        graph.replay()
-        return static_out[:rows].clone()
+
+        def fill(static_in: torch.Tensor) -> None:
+            if use_cfg:  # conditional rows, then unconditional rows: each half padded to the bucket
+                static_in[:rows] = dec_output[:rows]
+                static_in[bucket:bucket + rows] = dec_output[rows:]
+            else:
+                static_in[:rows] = dec_output
+
+        shape = ((2 * bucket if use_cfg else bucket), dec_output.shape[1])
+        function = partial(self._sample_static, flags=flags)
+        out = self.pool.run((bucket, *flags), shape, dec_output, function, fill)
+        return out[:rows].clone()
+
+    def _sample_static(self, static_in: torch.Tensor, flags: tuple) -> torch.Tensor:
+        return self.sample(static_in, *flags)
 
     def capture_all(self, max_batch: int, width: int, temperature: float, topk: int, use_cfg: bool,
                     cfg_scale: float) -> int:
         """Capture every bucket up to ``max_batch`` now (warmup), rather than on a client's first frame."""
         like = torch.zeros(1, width, device=self.forbidden[False].device)
-        count = 0
         for bucket in (b for b in BUCKETS if b <= max(1, max_batch)):
             for forbid_eos in (True, False):  # NeMo forbids end-of-speech for the first frames
-                self._capture(bucket, like, (temperature, topk, use_cfg, cfg_scale, forbid_eos))
-                count += 1
-        return count
-
-    def _capture(self, bucket: int, like: torch.Tensor, flags: tuple):
-        static_in = torch.zeros((2 * bucket if flags[2] else bucket), like.shape[1], dtype=like.dtype,
-                                device=like.device)
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
-            for _ in range(2):  # warm up kernels and allocator outside the graph
-                self.sample(static_in, *flags)
-        torch.cuda.current_stream().wait_stream(stream)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            static_out = self.sample(static_in, *flags)
-        self._graphs[(bucket, *flags)] = (graph, static_in, static_out)
-        return graph, static_in, static_out
+                flags = (temperature, topk, use_cfg, cfg_scale, forbid_eos)
+                shape = ((2 * bucket if use_cfg else bucket), width)
+                self.pool.capture((bucket, *flags), shape, like, partial(self._sample_static, flags=flags))
+        return len(self.pool)
 
     def sample(self, dec_output: torch.Tensor, temperature: float, topk: int, use_cfg: bool, cfg_scale: float,
                forbid_audio_eos: bool) -> torch.Tensor:

@@ -67,12 +67,15 @@ class SpeechModel:
         from . import prior
 
         prior.install(self.model)
-        self.sampler = None
+        self.sampler = self.code_sampler = None
         if cuda_graphs and self.device.type == "cuda":
+            from .code_sampler import CodeSampler
             from .local_sampler import LocalSampler
 
             self.sampler = LocalSampler(self.model._lt_helper, graphs=True)
             self.sampler.install()
+            self.code_sampler = CodeSampler(self.model, graphs=True)
+            self.code_sampler.install()
         self.sample_rate = int(self.model.output_sample_rate)
         self.samples_per_frame = int(self.model.codec_model_samples_per_frame)
         self.speakers = int(self.model.num_baked_speakers)
@@ -95,12 +98,14 @@ class SpeechModel:
         return found
 
     def capture(self, max_batch: int) -> int:
-        """Capture the local transformer's sampling for every batch bucket; returns the graph count."""
+        """Capture the per-frame sampling for every batch bucket; returns the graph count."""
         if self.sampler is None:
             return 0
         params = self.model.inference_parameters
-        return self.sampler.capture_all(max_batch, self.model.cfg.decoder.d_model, params.temperature,
-                                        params.topk, self.use_cfg, params.cfg_scale)
+        argmax_temperature = self.model.chunked_inference_config.argmax_temperature
+        return (self.sampler.capture_all(max_batch, self.model.cfg.decoder.d_model, params.temperature,
+                                         params.topk, self.use_cfg, params.cfg_scale)
+                + self.code_sampler.capture_all(max_batch, argmax_temperature, 1))
 
     def describe(self) -> str:
         if self.device.type == "cuda":

@@ -50,7 +50,7 @@ class TTSService(EngineService):
         logger.info(f"model loaded in {time.monotonic() - started:.1f} s: {model.sample_rate} Hz, "
                     f"languages {', '.join(model.languages)}")
         if graphs := model.capture(self.config.max_batch):
-            logger.info(f"captured {graphs} CUDA graphs of the local transformer's sampling")
+            logger.info(f"captured {graphs} CUDA graphs of the per-frame sampling")
         catalog = Catalog(self.config.voice_names, self.config.default_voice.lower(), list(model.languages),
                           model.tokenize)
         self.engine = Engine(model, self.config.max_batch, seed=self.config.seed,

@@ -150,3 +150,23 @@ def test_host_side_attention_prior_equals_nemos(plain):
         ours = prior.inference_prior(model, 0.1, scores, lens, attended, copy.deepcopy(counters),
                                      *copy.deepcopy(state), 5, batch)
         assert torch.equal(ours[0], nemo_prior[0]) and ours[1:] == nemo_prior[1:]
+
+
+@pytest.mark.parametrize("forbid_eos", [False, True])
+def test_static_code_sampler_draws_the_codes_nemo_draws(plain, forbid_eos):
+    from nemo.collections.tts.models import MagpieTTSModel
+    from nemotron_tts.code_sampler import CodeSampler
+
+    model = plain.model
+    sampler = CodeSampler(model, graphs=False)
+    width = model.num_all_tokens_per_codebook * model.num_audio_codebooks
+    logits = torch.randn(3, width, generator=torch.Generator().manual_seed(2)) * 4
+    for temperature, topk in ((0.01, 1), (0.7, 80)):
+        for seed in range(3):
+            torch.manual_seed(seed)
+            expected = MagpieTTSModel.sample_codes_from_logits(model, logits.clone(), temperature=temperature,
+                                                               topk=topk, forbid_audio_eos=forbid_eos)
+            torch.manual_seed(seed)
+            got = sampler(logits.clone(), temperature=temperature, topk=topk, unfinished_items={},
+                          finished_items={}, forbid_audio_eos=forbid_eos)
+            assert torch.equal(got, expected)
