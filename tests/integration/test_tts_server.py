@@ -244,7 +244,9 @@ def test_concurrent_clients_get_complete_audio_in_shared_batches(server):
 
 
 def test_sigterm_drains_queued_segments_then_closes(tiny_tts_model):
-    proc = ServerProcess("nemotron_tts", ["--model", str(tiny_tts_model), "--device", "cpu"])
+    # A generous drain: on a loaded 2-core CI machine two tiny segments have taken over 30 s.
+    proc = ServerProcess("nemotron_tts", ["--model", str(tiny_tts_model), "--device", "cpu",
+                                          "--max-batch", "2", "--drain-timeout", "150"])
     proc.wait_ready()
 
     async def scenario():
@@ -253,14 +255,14 @@ def test_sigterm_drains_queued_segments_then_closes(tiny_tts_model):
         await client.send(type="text", text="And one more after it.", mode="batch")
         await client.until("stream_created")
         proc.process.send_signal(signal.SIGTERM)
-        completes = [await client.until("segment_complete"), await client.until("segment_complete")]
+        completes = [await client.until("segment_complete", 150), await client.until("segment_complete", 150)]
         with pytest.raises(Exception) as closed:
-            await client.receive(timeout=30)
+            await client.receive(timeout=60)
         return completes, getattr(closed.value, "rcvd", None)
 
     try:
-        completes, close_frame = run(scenario())
-        assert proc.process.wait(30) == 0
+        completes, close_frame = asyncio.run(asyncio.wait_for(scenario(), 400))
+        assert proc.process.wait(60) == 0
     finally:
         proc.terminate()
     assert [c["segment"] for c in completes] == [1, 2]
