@@ -176,12 +176,14 @@ class Engine:
             torch.manual_seed(self.seed)
         try:
             self.model.generate(utterances, on_step)
-        except (RuntimeError, ValueError) as exc:
+        except Exception as exc:  # noqa: BLE001 - one bad batch must not take the service down
             logger.opt(exception=exc).error(f"generation failed for a batch of {len(batch)}: {exc}")
             for job in batch:
                 job.on_done(0.0, f"speech generation failed: {exc}")
             if isinstance(exc, torch.cuda.OutOfMemoryError):
                 torch.cuda.empty_cache()
+            elif "CUDA error" in str(exc):
+                raise  # the CUDA context is unusable: fail the engine, so systemd restarts the service
             return
         finally:
             self.busy = False
