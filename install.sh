@@ -4,6 +4,8 @@
 # The system Python is externally managed (PEP 668) and sudo's PATH is secure_path, so the installer
 # gets its own small venv (click, loguru, sdnotify only) and a link in /usr/local/sbin, which is on
 # secure_path: afterwards `sudo nemotron-install` works from anywhere. Then it runs the installer.
+# The installer is installed editable: it reads the unit files and the servers from this clone, so
+# keep the clone where it is.
 set -eu
 [ "$(id -u)" -eq 0 ] || exec sudo -- "$0" "$@"
 here=$(cd "$(dirname "$0")" && pwd)
