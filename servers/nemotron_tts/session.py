@@ -41,6 +41,7 @@ class StreamSession:
         self.queue: deque[Segment] = deque()
         self.current: Segment | None = None
         self.closing = False
+        self.segments_accepted = 0  # numbers the stream's segments; a failed one keeps its number
         self.segments_made = 0
         self.total_audio_ms = 0.0
         self.idle = asyncio.Event()
@@ -90,7 +91,8 @@ class StreamSession:
         prepared = self.catalog.prepare(message.get("text"), self.voice, self.language)
         if self.stream_id is None:
             self._open_stream()
-        number = self.segments_made + len(self.queue) + (1 if self.current else 0) + 1
+        self.segments_accepted += 1
+        number = self.segments_accepted
         job = Job(prepared.chunks, prepared.speaker, self, on_audio=None, on_done=None,
                   preset=PRESETS[preset_name] if mode == "stream" else None)
         call = self._loop.call_soon_threadsafe
@@ -149,7 +151,7 @@ class StreamSession:
 
     def _open_stream(self) -> None:
         self.stream_id = f"tts-{next(_stream_numbers):06d}"
-        self.segments_made, self.total_audio_ms, self.closing = 0, 0.0, False
+        self.segments_accepted, self.segments_made, self.total_audio_ms, self.closing = 0, 0, 0.0, False
         self._send_json({"type": "stream_created", "stream_id": self.stream_id})
 
     def _pump(self) -> None:
