@@ -8,11 +8,12 @@ what it finds into the service's cache, /var/lib/nemotron/hf, keeping the hub la
 
 from __future__ import annotations
 
-import fnmatch
 import os
 import pwd
 from dataclasses import dataclass
 from pathlib import Path
+
+from nemotron_common.model_files import repo_dir, snapshots
 
 
 @dataclass(frozen=True)
@@ -20,10 +21,6 @@ class Wanted:
     key: str  # asr, tts, tts_codec, llm
     repo_id: str
     pattern: str = "*"  # a file of the snapshot must match, e.g. *Q8_0*.gguf
-
-
-def repo_dir_name(repo_id: str) -> str:
-    return "models--" + repo_id.replace("/", "--")
 
 
 def candidate_caches(service_cache: Path, environ: dict[str, str] | None = None) -> list[Path]:
@@ -50,11 +47,10 @@ def candidate_caches(service_cache: Path, environ: dict[str, str] | None = None)
 
 
 def find(wanted: Wanted, caches: list[Path]) -> Path | None:
-    """The first cache's repo directory whose snapshot has a file matching the pattern."""
+    """The first cache's repo directory whose snapshot (the one the services would load) has a file
+    matching the pattern."""
     for cache in caches:
-        repo = cache / repo_dir_name(wanted.repo_id)
-        for snapshot in sorted((repo / "snapshots").glob("*")) if (repo / "snapshots").is_dir() else []:
-            for path in snapshot.rglob("*"):
-                if fnmatch.fnmatch(path.name, wanted.pattern) and path.exists():
-                    return repo
+        repo = repo_dir(cache, wanted.repo_id)
+        if any(path.exists() for snapshot in snapshots(repo) for path in snapshot.rglob(wanted.pattern)):
+            return repo
     return None

@@ -8,15 +8,16 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from nemotron_common.model_files import repo_dir
+
 from .host import Host
 from .lock import Lock
-from .models import Wanted, candidate_caches, find, repo_dir_name
+from .models import Wanted, candidate_caches, find
 from .steps import Command, Step
-from .units import UNIT_NAMES, UnitValues, render_all
+from .units import REPO_ROOT, UNIT_NAMES, UnitValues, render_all
 
 MODES = ("llamacpp-q8", "llamacpp-q4", "vllm")
 PROFILES = ("gpu", "cpu-test")
-REPO_ROOT = Path(__file__).resolve().parents[2]
 LLM_START_TIMEOUT = {"vllm": "20min", "llamacpp-q8": "5min", "llamacpp-q4": "5min"}
 
 
@@ -350,7 +351,7 @@ def models_step(options: Options, lock: Lock) -> Step:
         caches = candidate_caches(options.hf_cache)
         for item in wanted:
             found = find(item, caches)
-            target = options.hf_cache / repo_dir_name(item.repo_id)
+            target = repo_dir(options.hf_cache, item.repo_id)
             if found is not None and found != target:
                 log(f"{item.repo_id}: found in {found.parent}; linking into {options.hf_cache}")
                 target.mkdir(parents=True, exist_ok=True)

@@ -101,28 +101,17 @@ def check(
                 f"install python{lock.python} and python{lock.python}-venv",
             )
         )
-    build_need, model_need = BUILD_GIB[options.mode], MODEL_GIB[options.mode]
-    if disk(options.prefix) < build_need:
-        problems.append(
-            Problem(
-                f"{disk(options.prefix):.0f} GiB free under {options.prefix}; "
-                f"the build needs about {build_need} GiB",
-                "free space there or choose another --prefix",
-            )
-        )
-    if disk(options.state_dir) < model_need:
-        problems.append(
-            Problem(
-                f"{disk(options.state_dir):.0f} GiB free under {options.state_dir}; the models need about "
-                f"{model_need} GiB",
-                "free space there (models already downloaded are reused)",
-            )
-        )
-    for url in (
-        lock.torch_index or "https://pypi.org/simple/",
-        "https://pypi.org/simple/",
-        lock.sources["nemo"].repo,
+    for path, what, need, fix in (
+        (options.prefix, "the build needs", BUILD_GIB[options.mode],
+         "free space there or choose another --prefix"),
+        (options.state_dir, "the models need", MODEL_GIB[options.mode],
+         "free space there (models already downloaded are reused)"),
     ):
+        free = disk(path)
+        if free < need:
+            problems.append(Problem(f"{free:.0f} GiB free under {path}; {what} about {need} GiB", fix))
+    for url in dict.fromkeys((lock.torch_index or "https://pypi.org/simple/", "https://pypi.org/simple/",
+                              lock.sources["nemo"].repo)):
         if url.startswith("http") and not reachable(url):
             problems.append(
                 Problem(

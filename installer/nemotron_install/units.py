@@ -11,7 +11,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-UNITS_DIR = Path(__file__).resolve().parents[2] / "units"
+REPO_ROOT = Path(__file__).resolve().parents[2]  # the clone the installer runs from
+UNITS_DIR = REPO_ROOT / "units"
 PLACEHOLDER = re.compile(r"@([A-Z_]+)@")
 UNIT_NAMES = ("nemotron.target", "nemotron-asr.service", "nemotron-tts.service", "nemotron-llm.service")
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 from loguru import logger
+from nemotron_common.devices import pick_device
 
 from .decoder import DecoderPool
 from .featurizer import Featurizer
@@ -16,15 +17,6 @@ from .steps import CachePool, EagerStep, GraphStep, StepKind, step_kinds
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never download at service start
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device {name} requested but CUDA is not available")
-    return device
 
 
 def pick_dtype(name: str, device: torch.device) -> torch.dtype:

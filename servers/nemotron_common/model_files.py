@@ -1,8 +1,24 @@
-"""Finding a ``.nemo`` file: a path, or a Hugging Face id already in the local cache (never a download)."""
+"""Finding model files: paths, or Hugging Face ids already in a local hub cache (never a download)."""
 
 from __future__ import annotations
 
 from pathlib import Path
+
+
+def repo_dir(cache: Path, repo_id: str) -> Path:
+    """Where the hub cache keeps ``repo_id`` (``models--org--name``)."""
+    return cache / ("models--" + repo_id.replace("/", "--"))
+
+
+def snapshots(repo: Path) -> list[Path]:
+    """The snapshot ``refs/main`` names, else every snapshot, newest first."""
+    directory = repo / "snapshots"
+    ref = repo / "refs" / "main"
+    if ref.is_file() and (directory / ref.read_text().strip()).is_dir():
+        return [directory / ref.read_text().strip()]
+    if not directory.is_dir():
+        return []
+    return sorted(directory.glob("*"), key=lambda p: p.stat().st_mtime, reverse=True)
 
 
 def resolve_model(model: str, hf_cache: str = "") -> Path:

@@ -6,6 +6,8 @@ import os
 import re
 from pathlib import Path
 
+from nemotron_common.model_files import repo_dir, snapshots
+
 from .config import LLMConfig
 
 GGUF_PATTERNS = {"llamacpp-q8": "*Q8_0*.gguf", "llamacpp-q4": "*Q4_K_M*.gguf"}
@@ -43,20 +45,6 @@ def _first_part(files: list[Path]) -> list[Path]:
     return [f for f in files if not SPLIT.search(f.name) or SPLIT.search(f.name).group(1) == "00001"]
 
 
-def _repo_dir(cache: Path, repo_id: str) -> Path:
-    return cache / ("models--" + repo_id.replace("/", "--"))
-
-
-def _snapshots(repo: Path) -> list[Path]:
-    snapshots = repo / "snapshots"
-    ref = repo / "refs" / "main"
-    if ref.is_file() and (snapshots / ref.read_text().strip()).is_dir():
-        return [snapshots / ref.read_text().strip()]
-    if not snapshots.is_dir():
-        return []
-    return sorted(snapshots.glob("*"), key=lambda p: p.stat().st_mtime, reverse=True)
-
-
 def resolve(config: LLMConfig) -> str:
     """A GGUF path (llama.cpp modes) or a model directory or id (vLLM)."""
     explicit = config.model.strip()
@@ -66,7 +54,7 @@ def resolve(config: LLMConfig) -> str:
             raise ModelError("vllm mode needs model = a Hugging Face id or a model directory")
         if explicit.startswith(("/", ".", "~")):
             return str(_readable(Path(explicit).expanduser()))
-        for snapshot in _snapshots(_repo_dir(cache, explicit)):
+        for snapshot in snapshots(repo_dir(cache, explicit)):
             if (snapshot / "config.json").is_file():
                 return str(_readable(snapshot))
         raise ModelError(f"model {explicit} is not in the Hugging Face cache {cache}; download it first")
@@ -79,9 +67,9 @@ def resolve(config: LLMConfig) -> str:
                 raise ModelError(f"no {pattern} file in {path}")
             path = found[0]
         return str(_readable(path))
-    repos = [_repo_dir(cache, explicit)] if explicit else sorted(cache.glob("models--*"))
+    repos = [repo_dir(cache, explicit)] if explicit else sorted(cache.glob("models--*"))
     for repo in repos:
-        for snapshot in _snapshots(repo):
+        for snapshot in snapshots(repo):
             found = _first_part(sorted(snapshot.rglob(pattern)))
             if found:
                 return str(_readable(found[0]))

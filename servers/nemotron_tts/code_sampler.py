@@ -13,8 +13,8 @@ from functools import partial
 
 import torch
 
-from .graphs import BUCKETS, GraphPool, bucket_for
-from .local_sampler import forbidden_masks
+from .graphs import GraphPool, bucket_for, buckets_up_to
+from .local_sampler import draw_top_k, forbidden_masks
 
 
 class CodeSampler:
@@ -56,7 +56,7 @@ class CodeSampler:
         model = self.model
         width = model.num_all_tokens_per_codebook * model.num_audio_codebooks * model.frame_stacking_factor
         like = torch.zeros(1, width, device=self.forbidden[False].device)
-        for bucket in (b for b in BUCKETS if b <= max(1, max_batch)):
+        for bucket in buckets_up_to(max_batch):
             for forbid_eos in (True, False):
                 flags = (temperature, topk, forbid_eos)
                 function = partial(self._sample_static, flags=flags)
@@ -73,9 +73,6 @@ class CodeSampler:
             codes = []
             for codebook in range(codebooks):
                 start = (codebook + codebooks * stack) * tokens
-                scores = logits[:, start:start + tokens].masked_fill(forbidden, float("-inf"))
-                kth = torch.topk(scores, topk, dim=-1)[0][:, -1:]
-                scores = scores.masked_fill(scores < kth, float("-inf"))
-                codes.append(torch.multinomial(torch.softmax(scores / temperature, dim=-1), 1))
+                codes.append(draw_top_k(logits[:, start:start + tokens], forbidden, topk, temperature))
             stacked.append(torch.cat(codes, dim=1))
         return torch.stack(stacked, dim=2)

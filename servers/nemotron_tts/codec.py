@@ -38,7 +38,8 @@ def receptive_field(decode, num_codebooks: int, codebook_size: int, device: torc
     first, last = int(touched[0]) // samples_per_frame, int(touched[-1]) // samples_per_frame
     # A change at frame `middle` reaches outputs first..last: those outputs read that many frames
     # back (left) and ahead (right).
-    return Context(left=last - middle + 1, right=max(0, middle - first + 1) if first < middle else 0)
+    return Context(left=last - middle + 1, right=middle - first + 1 if first < middle else 0)
+
 
 @dataclass(frozen=True)
 class Window:

@@ -17,6 +17,11 @@ def bucket_for(rows: int) -> int | None:
     return next((b for b in BUCKETS if b >= rows), None)
 
 
+def buckets_up_to(max_batch: int) -> list[int]:
+    """The buckets a batch of at most ``max_batch`` rows can use: what warmup captures."""
+    return [b for b in BUCKETS if b <= max(1, max_batch)]
+
+
 class GraphPool:
     def __init__(self) -> None:
         self._graphs: dict[tuple, tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]] = {}

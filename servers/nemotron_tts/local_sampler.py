@@ -17,7 +17,7 @@ from functools import partial
 
 import torch
 
-from .graphs import BUCKETS, GraphPool, bucket_for
+from .graphs import GraphPool, bucket_for, buckets_up_to
 
 
 def forbidden_masks(codebook_size: int, tokens: int, device: torch.device) -> dict[bool, torch.Tensor]:
@@ -30,6 +30,14 @@ def forbidden_masks(codebook_size: int, tokens: int, device: torch.device) -> di
         mask[SpecialAudioToken.get_forbidden_tokens(codebook_size, forbid_audio_eos=forbid_eos)] = True
         masks[forbid_eos] = mask
     return masks
+
+
+def draw_top_k(logits: torch.Tensor, forbidden: torch.Tensor, topk: int, temperature: float) -> torch.Tensor:
+    """One code per row, as NeMo draws it: special tokens out, top-k kept, softmax at temperature."""
+    logits = logits.masked_fill(forbidden, float("-inf"))
+    kth = torch.topk(logits, topk, dim=-1)[0][:, -1:]
+    logits = logits.masked_fill(logits < kth, float("-inf"))
+    return torch.multinomial(torch.softmax(logits / temperature, dim=-1), 1)
 
 
 class LocalSampler:
@@ -77,7 +85,7 @@ class LocalSampler:
                     cfg_scale: float) -> int:
         """Capture every bucket up to ``max_batch`` now (warmup), rather than on a client's first frame."""
         like = torch.zeros(1, width, device=self.forbidden[False].device)
-        for bucket in (b for b in BUCKETS if b <= max(1, max_batch)):
+        for bucket in buckets_up_to(max_batch):
             for forbid_eos in (True, False):  # NeMo forbids end-of-speech for the first frames
                 flags = (temperature, topk, use_cfg, cfg_scale, forbid_eos)
                 shape = ((2 * bucket if use_cfg else bucket), width)
@@ -101,10 +109,7 @@ class LocalSampler:
             if use_cfg:
                 guided = cfg_scale * logits[:half] + (1.0 - cfg_scale) * logits[half:]
                 logits = torch.cat([guided, logits[half:]])
-            logits = logits.masked_fill(forbidden, float("-inf"))
-            kth = torch.topk(logits, topk, dim=-1)[0][:, -1:]
-            logits = logits.masked_fill(logits < kth, float("-inf"))
-            codes = torch.multinomial(torch.softmax(logits / temperature, dim=-1), 1)
+            codes = draw_top_k(logits, forbidden, topk, temperature)
             if use_cfg:
                 codes = torch.cat([codes[:half], codes[:half]])
             predictions.append(codes)

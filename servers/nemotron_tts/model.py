@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 from loguru import logger
+from nemotron_common.devices import pick_device
 
 from .codec import Context, StreamDecoder, receptive_field
 
@@ -33,12 +34,6 @@ class Utterance:
     speaker: int
     on_frames: Callable[[torch.Tensor], None]  # (codebooks, n) frames, as soon as they exist
     cancelled: Callable[[], bool] = lambda: False
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 class SpeechModel:
