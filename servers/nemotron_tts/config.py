@@ -22,6 +22,8 @@ class TTSConfig:
     cfg: bool = setting(True, "classifier-free guidance (better speech, twice the decoder work)")
     cuda_graphs: bool = setting(True, "replay the local transformer's per-frame sampling from CUDA graphs")
     kv_cache: bool = setting(True, "reuse the decoder's attention keys and values across steps")
+    static_decoder: bool = setting(True, "decoder steps on fixed-size caches (graph-captured on CUDA) "
+                                   "instead of NeMo's growing ones; needs kv_cache")
     max_frames: int = setting(0, "codec frames per sentence at most (0 = the model's own limit)")
     max_batch: int = setting(16, "most segments generated together in one batch", check=positive)
     gather_ms: float = setting(5.0, "an idle engine waits this long for more segments to batch with")

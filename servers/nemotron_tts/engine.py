@@ -3,7 +3,8 @@
 Jobs (one text segment each) wait in a FIFO. The engine takes the oldest jobs, at most one per
 client so a client with a long queue cannot starve the others, and generates them as one batch.
 Frames are decoded to audio as they arrive: a ``stream`` job sends a chunk as soon as its preset's
-frame count is ready, a ``batch`` job sends its audio when its last frame is made. Cancelling a job
+frame count is ready, a ``batch`` job sends its audio when its last frame is made, and every job is
+finished (``segment_complete``) at its own last frame, not at the end of its batch. Cancelling a job
 stops its audio at once and stops the batch at the next decoder step once no job in it is wanted.
 """
 
@@ -160,26 +161,43 @@ class Engine:
         self.largest_batch = max(self.largest_batch, len(batch))
         decoders = [self.model.stream_decoder() for _ in batch]
         targets = [job.preset.first_frames if job.preset else 0 for job in batch]
+        finished = [False] * len(batch)
+        ending: list[int] = []
 
-        def on_step() -> None:
-            """Decode every streamed job's due chunk, one codec call for all that line up."""
-            self.heartbeat = time.monotonic()
-            due = [i for i, job in enumerate(batch) if job.preset and not job.cancelled.is_set()
-                   and decoders[i].ready() >= targets[i]]
+        def flush(final: list[int]) -> None:
+            """Send every streamed job's due chunk and the rest of each job in ``final``, then finish
+            those: one codec call for all of it."""
+            due = [i for i, job in enumerate(batch) if job.preset and not finished[i] and i not in final
+                   and not job.cancelled.is_set() and decoders[i].ready() >= targets[i]]
             for i in due:
                 targets[i] = batch[i].preset.chunk_frames
-            self._send_windows([batch[i] for i in due], [decoders[i].window() for i in due])
+            windows = [(batch[i], decoders[i].window()) for i in due]
+            for i in final:
+                finished[i] = True
+                if not batch[i].cancelled.is_set():
+                    windows.append((batch[i], decoders[i].window(final=True)))
+            windows = [(job, window) for job, window in windows if window is not None]
+            self._send_windows([job for job, _ in windows], [window for _, window in windows])
+            for i in final:
+                batch[i].on_done(duration_ms(batch[i].sent_bytes, self.model.sample_rate), None)
 
-        utterances = [Utterance(job.chunks, job.speaker, decoder.push, job.cancelled.is_set)
-                      for job, decoder in zip(batch, decoders, strict=True)]
+        def on_step() -> None:
+            self.heartbeat = time.monotonic()
+            flush(list(ending))
+            ending.clear()
+
+        utterances = [Utterance(job.chunks, job.speaker, decoder.push, job.cancelled.is_set,
+                                on_end=lambda i=i: ending.append(i))
+                      for i, (job, decoder) in enumerate(zip(batch, decoders, strict=True))]
         if self.seed:
             torch.manual_seed(self.seed)
         try:
             self.model.generate(utterances, on_step)
         except Exception as exc:  # noqa: BLE001 - one bad batch must not take the service down
             logger.opt(exception=exc).error(f"generation failed for a batch of {len(batch)}: {exc}")
-            for job in batch:
-                job.on_done(0.0, f"speech generation failed: {exc}")
+            for i, job in enumerate(batch):
+                if not finished[i]:
+                    job.on_done(0.0, f"speech generation failed: {exc}")
             if isinstance(exc, torch.cuda.OutOfMemoryError):
                 torch.cuda.empty_cache()
             elif "CUDA error" in str(exc):
@@ -187,12 +205,7 @@ class Engine:
             return
         finally:
             self.busy = False
-        wanted = [(job, decoder.window(final=True)) for job, decoder in zip(batch, decoders, strict=True)
-                  if not job.cancelled.is_set()]
-        wanted = [(job, window) for job, window in wanted if window is not None]
-        self._send_windows([job for job, _ in wanted], [window for _, window in wanted])
-        for job in batch:
-            job.on_done(duration_ms(job.sent_bytes, self.model.sample_rate), None)
+        flush([i for i in range(len(batch)) if not finished[i]])
 
     def _send_windows(self, jobs: list[Job], windows: list) -> None:
         for job, audio in zip(jobs, decode_windows(self.model.decode, windows), strict=True):

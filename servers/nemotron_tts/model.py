@@ -34,11 +34,13 @@ class Utterance:
     speaker: int
     on_frames: Callable[[torch.Tensor], None]  # (codebooks, n) frames, as soon as they exist
     cancelled: Callable[[], bool] = lambda: False
+    on_end: Callable[[], None] = lambda: None  # its last frame is out, though the batch goes on
 
 
 class SpeechModel:
     def __init__(self, path: Path, device: str = "auto", use_cfg: bool = True, kv_cache: bool = True,
-                 max_frames: int = 0, codec: Path | None = None, cuda_graphs: bool = True) -> None:
+                 max_frames: int = 0, codec: Path | None = None, cuda_graphs: bool = True,
+                 max_batch: int = 16, static_decoder: bool = True) -> None:
         from nemo.collections.tts.models import MagpieTTSModel
         from nemotron_common import nemo_fixes
         from nemotron_common.logs import adopt
@@ -71,6 +73,7 @@ class SpeechModel:
             self.sampler.install()
             self.code_sampler = CodeSampler(self.model, graphs=True)
             self.code_sampler.install()
+        self.static = self._static_decoder(max_batch, cuda_graphs) if static_decoder and kv_cache else None
         self.sample_rate = int(self.model.output_sample_rate)
         self.samples_per_frame = int(self.model.codec_model_samples_per_frame)
         self.speakers = int(self.model.num_baked_speakers)
@@ -78,6 +81,17 @@ class SpeechModel:
         self.context: Context = receptive_field(self.decode, self.model.num_audio_codebooks,
                                                 self.model.codebook_size, self.device)
         logger.info(f"codec context: {self.context.left} frames before, {self.context.right} after")
+
+    def _static_decoder(self, max_batch: int, graphs: bool):
+        from .decoder_step import StaticDecoder, supported
+
+        if reason := supported(self.model):
+            logger.warning(f"decoder steps run through NeMo's cache: {reason}")
+            return None
+        context = int(self.model._baked_embedding_T.item())
+        positions = context + self.model.inference_parameters.max_decoder_steps + 2
+        rows = max_batch * (2 if self.use_cfg else 1)
+        return StaticDecoder(self.model, rows, positions, graphs=graphs)
 
     def _languages(self) -> dict[str, str]:
         """Language code -> tokenizer name, for every language this checkpoint can speak."""
@@ -98,9 +112,11 @@ class SpeechModel:
             return 0
         params = self.model.inference_parameters
         argmax_temperature = self.model.chunked_inference_config.argmax_temperature
+        rows = max_batch * (2 if self.use_cfg else 1)
         return (self.sampler.capture_all(max_batch, self.model.cfg.decoder.d_model, params.temperature,
                                          params.topk, self.use_cfg, params.cfg_scale)
-                + self.code_sampler.capture_all(max_batch, argmax_temperature, 1))
+                + self.code_sampler.capture_all(max_batch, argmax_temperature, 1)
+                + (self.static.capture_all(rows) if self.static else 0))
 
     def describe(self) -> str:
         if self.device.type == "cuda":
@@ -148,7 +164,7 @@ class SpeechModel:
             # would poison NeMo's next call, so it is switched on here and off again below.
             self.model.decoder.reset_cache(use_cache=self.kv_cache)
             try:
-                with self._observe(utterances, on_step):
+                with self._observe(utterances, on_step, index == chunk_count - 1), self._static_steps():
                     self.model.generate_speech(batch, chunk_state=state,
                                                end_of_text=[index == chunk_count - 1] * len(tokens),
                                                beginning_of_text=index == 0, use_cfg=self.use_cfg,
@@ -157,7 +173,15 @@ class SpeechModel:
                 self.model.decoder.reset_cache(use_cache=False)
 
     @contextmanager
-    def _observe(self, utterances: list[Utterance], on_step: Callable[[], None] | None):
+    def _static_steps(self):
+        if self.static is None:
+            yield
+        else:
+            with self.static.installed():
+                yield
+
+    @contextmanager
+    def _observe(self, utterances: list[Utterance], on_step: Callable[[], None] | None, last_chunk: bool):
         model = self.model
         check = type(model)._check_eos_and_update_state
         stacking = model.frame_stacking_factor
@@ -178,6 +202,8 @@ class SpeechModel:
                     wanted = True
                 if valid > 0:
                     utterance.on_frames(codes[i, :, :valid])
+                if last_chunk and i in ended:
+                    utterance.on_end()
             if on_step is not None:
                 on_step()
             if not wanted:

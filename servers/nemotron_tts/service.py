@@ -43,14 +43,15 @@ class TTSService(EngineService):
         started = time.monotonic()
         model = SpeechModel(self.model_path, self.config.device, use_cfg=self.config.cfg,
                             kv_cache=self.config.kv_cache, max_frames=self.config.max_frames,
-                            codec=self.codec_path, cuda_graphs=self.config.cuda_graphs)
+                            codec=self.codec_path, cuda_graphs=self.config.cuda_graphs,
+                            max_batch=self.config.max_batch, static_decoder=self.config.static_decoder)
         if model.speakers < len(self.config.voice_names):
             raise ValueError(f"the model has {model.speakers} baked speakers but voices names "
                              f"{len(self.config.voice_names)}")
         logger.info(f"model loaded in {time.monotonic() - started:.1f} s: {model.sample_rate} Hz, "
                     f"languages {', '.join(model.languages)}")
         if graphs := model.capture(self.config.max_batch):
-            logger.info(f"captured {graphs} CUDA graphs of the per-frame sampling")
+            logger.info(f"captured {graphs} CUDA graphs of the decoder step and sampling")
         catalog = Catalog(self.config.voice_names, self.config.default_voice.lower(), list(model.languages),
                           model.tokenize)
         self.engine = Engine(model, self.config.max_batch, seed=self.config.seed,

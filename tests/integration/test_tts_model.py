@@ -1,5 +1,7 @@
 """The TTS model wrapper against NeMo itself: same codes as do_tts, exact seams, prompt cancel."""
 
+import threading
+
 import pytest
 import torch
 from nemotron_tts.codec import decode_windows
@@ -170,3 +172,79 @@ def test_static_code_sampler_draws_the_codes_nemo_draws(plain, forbid_eos):
             got = sampler(logits.clone(), temperature=temperature, topk=topk, unfinished_items={},
                           finished_items={}, forbid_audio_eos=forbid_eos)
             assert torch.equal(got, expected)
+
+
+@pytest.fixture(scope="module", params=[False, True], ids=["no-cfg", "cfg"])
+def cached_pair(request, tiny_tts_model):
+    """NeMo's own cached decoder, and the static decoder step, with the same settings."""
+    return [SpeechModel(tiny_tts_model, "cpu", use_cfg=request.param, kv_cache=True, static_decoder=static)
+            for static in (False, True)]
+
+
+def test_static_decoder_step_draws_nemos_codes(cached_pair):
+    """Own decoder step (fixed-size caches) against NeMo's cached decoder: same seed, same codes,
+    for a batch of voices and text lengths, and every step after the prompt really ran it."""
+    nemo, static = cached_pair
+    texts = [TEXT, "A second voice says something else entirely.", "Short one."]
+    steps = []
+    step = static.static.step
+    static.static.step = lambda *args: steps.append(args[0]) or step(*args)
+    try:
+        for seed in range(3):
+            results = []
+            for model in (nemo, static):
+                frames = [[] for _ in texts]
+                torch.manual_seed(seed)
+                model.generate([Utterance(model.tokenize(t, "en"), i, frames[i].append)
+                                for i, t in enumerate(texts)])
+                results.append([torch.cat(f, dim=-1) for f in frames])
+            for expected, got in zip(*results, strict=True):
+                assert torch.equal(got, expected)
+            longest = max(codes.shape[-1] for codes in results[1])
+            assert len(steps) == longest - 1  # every frame but the prompt's
+            steps.clear()
+    finally:
+        del static.static.step
+
+
+def test_static_decoder_grows_for_longer_text(cached_pair):
+    nemo, static = cached_pair
+    static.static._allocate(static.static.max_positions, 8)  # far shorter than the text's tokens
+    text = "A much longer sentence than eight tokens, so the text buffers must grow first."
+    expected, got = generate(nemo, text, seed=4), generate(static, text, seed=4)
+    assert static.static.max_text >= len(static.tokenize(text, "en")[0])
+    assert torch.equal(got, expected)
+
+
+def test_engine_finishes_a_job_at_its_own_last_frame(tiny_tts_model):
+    """A short segment batched with long ones is complete when its speech ends, not when theirs do."""
+    from nemotron_tts.engine import Engine, Job
+
+    model = SpeechModel(tiny_tts_model, "cpu", use_cfg=False)  # seed 1: the third text ends first
+    texts = [TEXT, "A second voice says something else entirely.", "Short one."]
+    events = []
+    done = threading.Event()
+
+    def finished(i):
+        def on_done(ms, error):
+            events.append(("done", i, error))
+            if sum(event[0] == "done" for event in events) == len(texts):
+                done.set()
+        return on_done
+
+    engine = Engine(model, max_batch=4, seed=1)
+    jobs = [Job(model.tokenize(t, "en"), i, client=object(), on_done=finished(i),
+                on_audio=lambda pcm, i=i: events.append(("audio", i)), preset=PRESETS["aggressive"])
+            for i, t in enumerate(texts)]
+    for job in jobs:
+        engine.submit(job)
+    engine.start()
+    try:
+        assert done.wait(120)
+    finally:
+        engine.stop()
+    assert engine.batches == 1 and all(event[2] is None for event in events if event[0] == "done")
+    order = [event[:2] for event in events]
+    first_done = next(i for kind, i in order if kind == "done")
+    later_audio = [i for kind, i in order[order.index(("done", first_done)):] if kind == "audio"]
+    assert later_audio and first_done not in later_audio  # the others still spoke after it finished
