@@ -71,7 +71,9 @@ class DecoderPool:
             self._scatter(index, new_state)
             lengths, transcript, *_ = hyps.get_data_without_blank()
             lengths = lengths[:streams].cpu().tolist()
-            transcript = transcript[:streams].cpu()
+            # NeMo's hypotheses are allocated far wider than one chunk's tokens: copy only those
+            # (H200, 512 streams: two full copies took 11 ms of a 70 ms step).
+            transcript = transcript[:streams, : max(lengths, default=0)].cpu()
         return [transcript[row, :length].tolist() for row, length in enumerate(lengths)]
 
     def text(self, tokens: list[int]) -> str:

@@ -96,6 +96,7 @@ class Engine:
         self.model = model
         self.max_batch = max_batch
         self._commands: queue.SimpleQueue = queue.SimpleQueue()
+        self._early: deque = deque()  # commands taken off the queue mid-tick, applied before the next
         self._streams: dict[int, _Stream] = {}
         self._ids = itertools.count(1)
         self._thread = threading.Thread(target=self._run, name="asr-engine", daemon=True)
@@ -150,9 +151,10 @@ class Engine:
                 while not self._stop:
                     steps = self._plan()
                     self._take_commands(block=not steps)
-                    steps = self._plan()
-                    for kind, group in self._group(steps):
+                    for kind, group in self._group(self._plan()):
                         self._run_step(kind, group)
+                        if self._finals_waiting():
+                            break  # plan again now: the finals go first, the rest follow
                     self.heartbeat = time.monotonic()
         except Exception as exc:  # noqa: BLE001 - any failure here is fatal for the service
             logger.opt(exception=exc).critical(f"ASR engine failed: {exc}")
@@ -161,6 +163,9 @@ class Engine:
                 stream.deliver(Result("error", f"speech recognition engine failed: {exc}"))
 
     def _take_commands(self, block: bool) -> None:
+        while self._early:
+            self._apply(*self._early.popleft())
+            block = False
         try:
             command = self._commands.get(timeout=1.0) if block else self._commands.get_nowait()
         except queue.Empty:
@@ -217,11 +222,22 @@ class Engine:
     def _plan(self) -> list[_Step]:
         return [step for stream in self._streams.values() if (step := self._next_step(stream))]
 
+    def _finals_waiting(self) -> bool:
+        """Whether a hard reset came in during this tick. Commands are only looked at here; they
+        are applied between ticks, so no stream changes under a tick's remaining steps."""
+        while True:
+            try:
+                self._early.append(self._commands.get_nowait())
+            except queue.Empty:
+                return any(action == "finalize" for action, _, _ in self._early)
+
     def _group(self, steps: list[_Step]):
+        """Batches by step kind, finals first: time to final is the latency users feel."""
         by_kind: dict[str, list[_Step]] = {}
         for step in steps:
             by_kind.setdefault(step.kind, []).append(step)
-        for kind, group in by_kind.items():
+        order = ("done", *FINAL_KINDS)
+        for kind, group in sorted(by_kind.items(), key=lambda item: item[0] not in order):
             for start in range(0, len(group), self.max_batch):
                 yield kind, group[start:start + self.max_batch]
 

@@ -3,6 +3,7 @@
 import threading
 
 import pytest
+import torch
 from helpers.asr_client import pcm_as_float, to_pcm
 from nemotron_asr.engine import Engine
 from nemotron_asr.model import StreamingModel
@@ -95,3 +96,20 @@ def test_chunk_cost_does_not_grow_with_utterance_length(tiny_asr_model):
         engine.stop()
     assert len(kept) > 100
     assert max(kept) <= max(kept[:10]) + 2 * 2560  # 20 s of audio, the window stays one chunk wide
+
+
+def test_a_hard_reset_mid_tick_is_planned_first_but_applied_between_ticks(tiny_asr_model):
+    model = StreamingModel(tiny_asr_model, 1, max_streams=2)
+    model.capture()
+    engine = Engine(model, max_batch=2)  # not started: the test drives the engine thread's calls
+    with torch.inference_mode():  # as on the engine thread
+        long, short = engine.open(lambda result: None), engine.open(lambda result: None)
+        engine.feed(long, to_pcm(speechlike_audio(1.0, seed=0)))
+        engine.feed(short, to_pcm(speechlike_audio(0.05, seed=1)))
+        engine._take_commands(block=False)
+        engine.finalize(short)  # arrives while a tick runs
+        assert engine._finals_waiting()
+        assert not any(stream.finalizing for stream in engine._streams.values())  # not applied mid-tick
+        engine._take_commands(block=False)
+        kinds = [kind for kind, _ in engine._group(engine._plan())]
+        assert kinds == ["final_first", "first"]  # the later stream's final runs before the other's step

@@ -1,0 +1,58 @@
+"""On the GPU: which kernels a batched streaming encoder step spends its time in (random weights).
+
+Builds the server's ``StreamingModel`` for B streams, runs eager steady steps under the torch
+profiler and prints the top operators by CUDA time, then the CUDA-graph replay time of the same step
+and of the decoder. Guides work on the 512-stream step.
+
+    python bench/probes/asr_step_profile.py /tmp/asr-real.nemo 512
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "servers"))
+
+from nemotron_asr.model import StreamingModel  # noqa: E402
+
+
+def main(path: str, streams: int, device: str = "cuda") -> None:
+    model = StreamingModel(Path(path), right_context=1, device=device, max_streams=streams,
+                           cuda_graphs=False)
+    model.capture()
+    kind = model.kinds["steady"]
+    features = torch.randn(streams, model.encoder._feat_in, kind.frames, device=model.device)
+    lengths = torch.full((streams,), kind.frames, device=model.device)
+    slots = list(range(streams))
+    model.reset_streams(slots)
+
+    def step():
+        with torch.inference_mode():
+            output = model.encode("steady", features, lengths, slots)
+            model.decode(output)
+
+    for _ in range(3):
+        step()
+    model.synchronize()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA,
+                                            torch.profiler.ProfilerActivity.CPU]) as prof:
+        step()
+        model.synchronize()
+    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=30, max_name_column_width=60))
+    for name, function in (("encode", lambda: model.encode("steady", features, lengths, slots)),):
+        model.synchronize()
+        started = time.perf_counter()
+        with torch.inference_mode():
+            for _ in range(5):
+                function()
+        model.synchronize()
+        print(f"eager {name} at {streams} streams: {(time.perf_counter() - started) / 5 * 1000:.1f} ms")
+
+
+if __name__ == "__main__":
+    with torch.inference_mode():  # as the engine thread runs
+        main(sys.argv[1], int(sys.argv[2]), *sys.argv[3:])
