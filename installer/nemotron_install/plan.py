@@ -5,11 +5,13 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from nemotron_common.model_files import repo_dir
 
+from . import llama_patch
 from .host import Host
 from .lock import Lock
 from .models import Wanted, candidate_caches, find
@@ -257,11 +259,14 @@ def llama_cpp(options: Options, host: Host, lock: Lock) -> Step:
     ]
     return Step(
         "llama-cpp",
-        f"llama.cpp at {source.commit[:12]} for CUDA arch {arch}",
-        inputs={"commit": source.commit, "flags": flags, "targets": lock.llama_targets},
+        f"llama.cpp at {source.commit[:12]} for CUDA arch {arch}, with the server patch",
+        inputs={"commit": source.commit, "flags": flags, "targets": lock.llama_targets,
+                "patch": llama_patch.FINGERPRINT},
         commands=[
             Command(["sh", "-c", f"[ -d {src}/.git ] || git clone {source.repo} {src}"]),
             Command(["git", "-C", str(src), "checkout", "--force", source.commit]),
+            Command(["git", "-C", str(src), "reset", "--hard"]),  # a clean tree for the patch
+            Command([sys.executable, "-m", "nemotron_install.llama_patch", str(src)]),
             Command(
                 ["cmake", "-S", str(src), "-B", str(src / "build"), "-G", "Ninja", *flags],
             ),

@@ -51,6 +51,11 @@ def test_llama_cpp_plan_builds_for_the_detected_gpu(host, arch):
     ]
     assert any(f"-DCMAKE_CUDA_ARCHITECTURES={arch}" in c for c in commands(steps, "llama-cpp"))
     assert any(LOCK.sources["llama_cpp"].commit in c for c in commands(steps, "llama-cpp"))
+    build = commands(steps, "llama-cpp")
+    patch = next(i for i, c in enumerate(build) if "nemotron_install.llama_patch" in c)
+    checkout = next(i for i, c in enumerate(build) if "checkout" in c)
+    configure = next(i for i, c in enumerate(build) if c.startswith("cmake -S"))
+    assert checkout < patch < configure  # the server patch lands on a clean checkout, before the build
     major, minor = host.gpu.capability
     assert any(f"major, minor = {major}, {minor}" in c for c in commands(steps, "pytorch"))
 
