@@ -36,7 +36,8 @@ CONFIGS = {"cfg": ["--cfg"], "no-cfg": ["--no-cfg"],
            "no-cfg-nemo-step": ["--no-cfg", "--no-static-decoder"]}
 
 
-async def _one_stream(url: str, preset: str, sample_rate: int) -> dict:
+async def _one_stream(url: str, preset: str, sample_rate: int, delay_s: float = 0.0) -> dict:
+    await asyncio.sleep(delay_s)
     async with connect(url, max_size=None) as ws:
         await ws.send(json.dumps({"type": "init", "voice": "aria", "language": "en"}))
         await ws.recv()
@@ -64,10 +65,12 @@ async def _one_stream(url: str, preset: str, sample_rate: int) -> dict:
             "chunks": len(arrivals)}
 
 
-async def _level(url: str, streams: int, preset: str, sample_rate: int, repeats: int) -> dict:
+async def _level(url: str, streams: int, preset: str, sample_rate: int, repeats: int,
+                 stagger_s: float = 0.0) -> dict:
     results = []
     for _ in range(repeats):  # one sample per stream and round: several rounds for stable percentiles
-        results += await asyncio.gather(*(_one_stream(url, preset, sample_rate) for _ in range(streams)))
+        results += await asyncio.gather(*(_one_stream(url, preset, sample_rate, stagger_s * i / streams)
+                                          for i in range(streams)))
     good = [r for r in results if "error" not in r]
     first = sorted(r["first_audio_ms"] for r in good)
 
@@ -92,7 +95,9 @@ async def _level(url: str, streams: int, preset: str, sample_rate: int, repeats:
 @click.option("--repeats", default=5, show_default=True, help="rounds per level (each stream count)")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("bench-out"))
 @click.option("--port", default=18001, show_default=True)
-def main(model_path, configs, streams, preset, max_frames, repeats, out, port) -> None:
+@click.option("--stagger-ms", default=0, show_default=True,
+              help="spread the clients' starts evenly over this window instead of starting them at once")
+def main(model_path, configs, streams, preset, max_frames, repeats, out, port, stagger_ms) -> None:
     out.mkdir(parents=True, exist_ok=True)
     counts = [int(s) for s in streams.split(",")]
     report = {"device": device_name(), "model": model_path.name, "max_frames": max_frames, "runs": {}}
@@ -110,7 +115,7 @@ def main(model_path, configs, streams, preset, max_frames, repeats, out, port) -
             print(f"{name}: server ready after {ready_s:.0f} s", flush=True)
             levels = []
             for count in counts:
-                result = asyncio.run(_level(url, count, preset, 22050, repeats))
+                result = asyncio.run(_level(url, count, preset, 22050, repeats, stagger_ms / 1000))
                 print(f"{name}: {json.dumps(result)}", flush=True)
                 levels.append(result)
             report["runs"][name] = levels
@@ -118,8 +123,9 @@ def main(model_path, configs, streams, preset, max_frames, repeats, out, port) -
             process.send_signal(signal.SIGTERM)
             process.wait(120)
     (out / "tts_bench.json").write_text(json.dumps(report, indent=1))
+    spread = f", starts spread over {stagger_ms} ms" if stagger_ms else ""
     lines = [f"TTS stream mode ({preset}), {report['device']}, random weights, "
-             f"{max_frames} frames per utterance",
+             f"{max_frames} frames per utterance{spread}",
              "| config | streams | first audio p50 ms | p95 ms | RTF (wall/audio) "
              "| real-time streams | errors |",
              "|---|---|---|---|---|---|---|"]

@@ -54,7 +54,7 @@ class StaticDecoder:
         self._allocate(max_positions, max_text)
         self.rows = 0
         self.primed = False
-        self._original_forward = None
+        self._targets: list[int] | None = None
 
     def _allocate(self, positions: int, text: int) -> None:
         self.max_positions, self.max_text = positions, text
@@ -78,15 +78,18 @@ class StaticDecoder:
     # -- the generation loop's side -------------------------------------------------------------
 
     @contextmanager
-    def installed(self):
-        """Stand in for ``model.forward`` for one ``generate_speech`` call."""
+    def installed(self, targets: list[int] | None = None):
+        """Stand in for ``model.forward`` for one ``generate_speech`` call; the prompt's caches go to
+        rows ``targets`` (default: the first rows)."""
         self.primed = False
+        self._targets = targets
         self.model.forward = self.forward
         try:
             yield
         finally:
             del self.model.forward
             self.primed = False
+            self._targets = None
 
     def forward(self, dec_input_embedded, dec_input_mask, cond, cond_mask, attn_prior, multi_encoder_mapping):
         """``MagpieTTSModel.forward``'s signature and results (logits and output of the newest position)."""
@@ -101,12 +104,22 @@ class StaticDecoder:
             raise RuntimeError(f"decoder step out of order: {rows} rows at length {length}, "
                                f"expected {self.rows} at {self.length + 1}")
         self.length = length
-        priors = self._layer_priors(attn_prior)
-        self.frame[:rows] = dec_input_embedded[:, -1]
+        priors = [None if prior is None else prior[:, 0] for prior in self._layer_priors(attn_prior)]
         self.position[:rows] = length - 1
+        logits, output, probs = self.run(rows, dec_input_embedded[:, -1], priors)
+        attention = [{"self_attn_probabilities": None,
+                      "cross_attn_probabilities": [p[:, :, :, : self.text], None]} for p in probs]
+        return logits[:, None], attention, output[:, None], None
+
+    def run(self, rows: int, frames: torch.Tensor, priors: list) -> tuple:
+        """The newest position of rows ``[0, rows)``: ``frames`` are their embedded inputs, positions
+        are in ``self.position``, ``priors`` per layer a (rows, text) prior, True for the prior
+        already in ``self.prior``, or None for none. Returns logits, output and each layer's
+        cross-attention probabilities, views of buffers that the next call overwrites."""
+        self.frame[:rows] = frames
         for index, prior in enumerate(priors):
-            if prior is not None:
-                self.prior[index, :rows, : self.text] = prior[:, 0]  # NeMo trims the prior to its first row
+            if isinstance(prior, torch.Tensor):
+                self.prior[index, :rows, : prior.shape[-1]] = prior
         with_prior = tuple(prior is not None for prior in priors)
         bucket = bucket_for(rows) if self.use_graphs else None
         if bucket is None or bucket > self.max_rows:
@@ -114,9 +127,18 @@ class StaticDecoder:
         else:
             key = (bucket, with_prior)
             logits, output, probs = self.pool.call(key, lambda: self.step(bucket, with_prior))
-        attention = [{"self_attn_probabilities": None,
-                      "cross_attn_probabilities": [p[:rows, :, :, : self.text], None]} for p in probs]
-        return logits[:rows, None], attention, output[:rows, None], None
+        return logits[:rows], output[:rows], [p[:rows] for p in probs]
+
+    def move(self, source: list[int], target: list[int]) -> None:
+        """Copy whole rows (caches, text mask, prior, position): compacts the rows of live items."""
+        src = torch.tensor(source, device=self.device)
+        dst = torch.tensor(target, device=self.device)
+        for buffers in (self.self_k, self.self_v, self.cross_k, self.cross_v):
+            for buffer in buffers:
+                buffer.index_copy_(0, dst, buffer.index_select(0, src))
+        self.text_mask.index_copy_(0, dst, self.text_mask.index_select(0, src))
+        self.prior.index_copy_(1, dst, self.prior.index_select(1, src))
+        self.position.index_copy_(0, dst, self.position.index_select(0, src))
 
     def _prefill(self, dec_input_embedded, dec_input_mask, cond, cond_mask, attn_prior, encoder_mapping):
         rows, length = dec_input_embedded.shape[:2]
@@ -129,16 +151,17 @@ class StaticDecoder:
         self.decoder.reset_cache(use_cache=True)
         result = type(self.model).forward(self.model, dec_input_embedded, dec_input_mask, cond, cond_mask,
                                           attn_prior, encoder_mapping)
+        targets = torch.tensor(self._targets or range(rows), device=self.device)
         for index, layer in enumerate(self.layers):
             own, cross = layer.self_attention.cache, layer.cross_attention.cache
-            self.self_k[index][:rows, :, :length] = own["self_k"].transpose(1, 2)
-            self.self_v[index][:rows, :, :length] = own["self_v"].transpose(1, 2)
-            self.cross_k[index][:rows, :, :text] = cross["cross_k"].transpose(1, 2)
-            self.cross_v[index][:rows, :, :text] = cross["cross_v"].transpose(1, 2)
+            self.self_k[index][targets, :, :length] = own["self_k"].transpose(1, 2)
+            self.self_v[index][targets, :, :length] = own["self_v"].transpose(1, 2)
+            self.cross_k[index][targets, :, :text] = cross["cross_k"].transpose(1, 2)
+            self.cross_v[index][targets, :, :text] = cross["cross_v"].transpose(1, 2)
         self.decoder.reset_cache(use_cache=True)  # free NeMo's copies; later steps never read them
-        self.text_mask[:rows] = False
-        self.text_mask[:rows, :text] = cond_mask
-        self.prior[:, :rows] = 1.0
+        self.text_mask[targets] = False
+        self.text_mask[targets, :text] = cond_mask
+        self.prior[:, targets] = 1.0
         self.rows, self.length, self.text, self.primed = rows, length, text, True
         return result
 

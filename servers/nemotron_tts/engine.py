@@ -1,11 +1,14 @@
 """The one thread that owns the TTS model and schedules the work of every client.
 
-Jobs (one text segment each) wait in a FIFO. The engine takes the oldest jobs, at most one per
-client so a client with a long queue cannot starve the others, and generates them as one batch.
-Frames are decoded to audio as they arrive: a ``stream`` job sends a chunk as soon as its preset's
-frame count is ready, a ``batch`` job sends its audio when its last frame is made, and every job is
-finished (``segment_complete``) at its own last frame, not at the end of its batch. Cancelling a job
-stops its audio at once and stops the batch at the next decoder step once no job in it is wanted.
+Jobs (one text segment each) wait in a FIFO; each client has at most one job in the engine at a time
+(its session submits the next segment when one completes). With the static decoder step the engine
+batches continuously: waiting jobs join the running batch before every decoder step, up to
+``max_batch``, and leave it at their own last frame. Otherwise (and for a long text of several
+sentence chunks, which NeMo generates with history carried from chunk to chunk) it takes the oldest
+jobs as one fixed batch through NeMo's loop. Frames are decoded to audio as they arrive: a ``stream``
+job sends a chunk as soon as its preset's frame count is ready, a ``batch`` job sends its audio when
+its last frame is made, and every job completes (``segment_complete``) at its own last frame.
+Cancelling a job stops its audio at once and its generation at the next decoder step.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import torch
 from loguru import logger
 
 from .audio import duration_ms, to_pcm16
-from .codec import decode_windows
+from .codec import StreamDecoder, decode_windows
 from .model import SpeechModel, Utterance
 
 
@@ -55,6 +58,19 @@ class Job:
     sent_bytes: int = 0
 
 
+@dataclass(eq=False)
+class _Running:
+    """A job being generated: its incremental codec decoder and when its next chunk is due."""
+    job: Job
+    decoder: StreamDecoder
+    due: int  # frames the decoder must have before the next chunk is sent
+    ended: bool = False  # its last frame is out
+
+    def utterance(self) -> Utterance:
+        return Utterance(self.job.chunks, self.job.speaker, self.decoder.push, self.job.cancelled.is_set,
+                         on_end=lambda: setattr(self, "ended", True))
+
+
 class Engine:
     def __init__(self, model: SpeechModel, max_batch: int, seed: int = 0, gather_s: float = 0.005) -> None:
         self.model = model
@@ -69,9 +85,14 @@ class Engine:
         self.failed = threading.Event()
         self.heartbeat = time.monotonic()
         self.busy = False
-        self.batches = 0
+        self.batches = 0  # fixed batches, or continuous decoder steps
         self.batched_jobs = 0
         self.largest_batch = 0
+        self.continuous = None
+        if model.static is not None:
+            from .continuous import ContinuousBatch
+
+            self.continuous = ContinuousBatch(model)
 
     def start(self) -> None:
         self._thread.start()
@@ -98,8 +119,8 @@ class Engine:
 
     def summary(self) -> dict:
         mean = self.batched_jobs / self.batches if self.batches else 0.0
-        return {"queued": self.queued, "batches": self.batches, "mean_batch": round(mean, 2),
-                "largest_batch": self.largest_batch}
+        return {"queued": self.queued, "continuous": self.continuous is not None, "batches": self.batches,
+                "mean_batch": round(mean, 2), "largest_batch": self.largest_batch}
 
     def _take_all(self) -> list[Job]:
         with self._lock:
@@ -107,8 +128,11 @@ class Engine:
             self._jobs.clear()
         return jobs
 
-    def _next_batch(self) -> list[Job]:
-        """The oldest wanted jobs, one per client; a job of several sentence chunks runs alone."""
+    def _next_batch(self, room: int, alone_ok: bool = True) -> list[Job]:
+        """The oldest wanted jobs, one per client, at most ``room``; a job of several sentence chunks
+        runs alone, and only if ``alone_ok`` (else it and everything after it wait)."""
+        if room <= 0:
+            return []
         with self._lock:
             batch: list[Job] = []
             clients: set[int] = set()
@@ -118,19 +142,23 @@ class Engine:
                     job.on_done(0.0, None)
                     continue
                 alone = len(job.chunks) > 1
-                if id(job.client) in clients or (batch and alone):
+                if alone and (batch or not alone_ok):
+                    break  # FIFO: the long text goes next, alone
+                if id(job.client) in clients:
                     continue
                 batch.append(job)
                 clients.add(id(job.client))
                 self._jobs.remove(job)
-                if alone or len(batch) >= self.max_batch:
+                if alone or len(batch) >= room:
                     break
             return batch
 
     def _run(self) -> None:
         try:
+            if self.continuous is not None:
+                self._run_continuous()
             while not self._stop:
-                batch = self._next_batch()
+                batch = self._next_batch(self.max_batch)
                 if not batch:
                     self._wake.get()
                     self._gather()
@@ -154,58 +182,93 @@ class Engine:
             seen = self.queued
             time.sleep(self.gather_s)
 
+    def _run_continuous(self) -> None:
+        """Join waiting jobs before each decoder step; a long multi-chunk text runs alone when the
+        batch is empty. No gathering: a job that arrives a moment later joins at the next step."""
+        batch = self.continuous
+        running: list[_Running] = []
+        while not self._stop:
+            joining = self._next_batch(batch.capacity - len(batch), alone_ok=not running)
+            if joining and len(joining[0].chunks) > 1:
+                self._generate(joining)
+                continue
+            if not joining and not running:
+                self.busy = False
+                self._wake.get()
+                continue
+            self.busy, self.heartbeat = True, time.monotonic()
+            new = [_Running(job, self.model.stream_decoder(), job.preset.first_frames if job.preset else 0)
+                   for job in joining]
+            try:
+                if new:
+                    if self.seed and not running:
+                        torch.manual_seed(self.seed)
+                    batch.admit([r.utterance() for r in new])
+                    running += new
+                if running:
+                    batch.step()
+            except Exception as exc:  # noqa: BLE001 - a failing step fails its jobs, not the service
+                self._fail(running + [r for r in new if r not in running], exc)
+                running = []
+                self.continuous = batch = type(batch)(self.model)
+                continue
+            self.batches += 1
+            self.batched_jobs += len(batch)
+            self.largest_batch = max(self.largest_batch, len(batch))
+            running = self._flush(running, [r for r in running if r.ended or r.job.cancelled.is_set()])
+            if not running:
+                batch.clear()  # cancelled items still in it would hold rows until the next step
+
     def _generate(self, batch: list[Job]) -> None:
         self.busy, self.heartbeat = True, time.monotonic()
         self.batches += 1
         self.batched_jobs += len(batch)
         self.largest_batch = max(self.largest_batch, len(batch))
-        decoders = [self.model.stream_decoder() for _ in batch]
-        targets = [job.preset.first_frames if job.preset else 0 for job in batch]
-        finished = [False] * len(batch)
-        ending: list[int] = []
-
-        def flush(final: list[int]) -> None:
-            """Send every streamed job's due chunk and the rest of each job in ``final``, then finish
-            those: one codec call for all of it."""
-            due = [i for i, job in enumerate(batch) if job.preset and not finished[i] and i not in final
-                   and not job.cancelled.is_set() and decoders[i].ready() >= targets[i]]
-            for i in due:
-                targets[i] = batch[i].preset.chunk_frames
-            windows = [(batch[i], decoders[i].window()) for i in due]
-            for i in final:
-                finished[i] = True
-                if not batch[i].cancelled.is_set():
-                    windows.append((batch[i], decoders[i].window(final=True)))
-            windows = [(job, window) for job, window in windows if window is not None]
-            self._send_windows([job for job, _ in windows], [window for _, window in windows])
-            for i in final:
-                batch[i].on_done(duration_ms(batch[i].sent_bytes, self.model.sample_rate), None)
+        running = [_Running(job, self.model.stream_decoder(), job.preset.first_frames if job.preset else 0)
+                   for job in batch]
+        live = list(running)
 
         def on_step() -> None:
+            nonlocal live
             self.heartbeat = time.monotonic()
-            flush(list(ending))
-            ending.clear()
+            live = self._flush(live, [r for r in live if r.ended])
 
-        utterances = [Utterance(job.chunks, job.speaker, decoder.push, job.cancelled.is_set,
-                                on_end=lambda i=i: ending.append(i))
-                      for i, (job, decoder) in enumerate(zip(batch, decoders, strict=True))]
         if self.seed:
             torch.manual_seed(self.seed)
         try:
-            self.model.generate(utterances, on_step)
+            self.model.generate([r.utterance() for r in running], on_step)
         except Exception as exc:  # noqa: BLE001 - one bad batch must not take the service down
-            logger.opt(exception=exc).error(f"generation failed for a batch of {len(batch)}: {exc}")
-            for i, job in enumerate(batch):
-                if not finished[i]:
-                    job.on_done(0.0, f"speech generation failed: {exc}")
-            if isinstance(exc, torch.cuda.OutOfMemoryError):
-                torch.cuda.empty_cache()
-            elif "CUDA error" in str(exc):
-                raise  # the CUDA context is unusable: fail the engine, so systemd restarts the service
+            self._fail(live, exc)
             return
         finally:
             self.busy = False
-        flush([i for i in range(len(batch)) if not finished[i]])
+        self._flush(live, live)
+
+    def _fail(self, running: list[_Running], exc: Exception) -> None:
+        logger.opt(exception=exc).error(f"generation failed for a batch of {len(running)}: {exc}")
+        for r in running:
+            r.job.on_done(0.0, f"speech generation failed: {exc}")
+        if isinstance(exc, torch.cuda.OutOfMemoryError):
+            torch.cuda.empty_cache()
+        elif "CUDA error" in str(exc):
+            raise exc  # the CUDA context is unusable: fail the engine, so systemd restarts the service
+
+    def _flush(self, running: list[_Running], final: list[_Running]) -> list[_Running]:
+        """Send every streamed job's due chunk and the rest of each job in ``final``, in one codec
+        call, then complete those; returns the jobs still running."""
+        windows = []
+        for r in running:
+            if r in final:
+                if not r.job.cancelled.is_set():
+                    windows.append((r.job, r.decoder.window(final=True)))
+            elif r.job.preset and not r.job.cancelled.is_set() and r.decoder.ready() >= r.due:
+                r.due = r.job.preset.chunk_frames
+                windows.append((r.job, r.decoder.window()))
+        windows = [(job, window) for job, window in windows if window is not None]
+        self._send_windows([job for job, _ in windows], [window for _, window in windows])
+        for r in final:
+            r.job.on_done(duration_ms(r.job.sent_bytes, self.model.sample_rate), None)
+        return [r for r in running if r not in final]
 
     def _send_windows(self, jobs: list[Job], windows: list) -> None:
         for job, audio in zip(jobs, decode_windows(self.model.decode, windows), strict=True):
@@ -213,4 +276,3 @@ class Engine:
                 pcm = to_pcm16(audio)
                 job.sent_bytes += len(pcm)
                 job.on_audio(pcm)
-

@@ -243,8 +243,67 @@ def test_engine_finishes_a_job_at_its_own_last_frame(tiny_tts_model):
         assert done.wait(120)
     finally:
         engine.stop()
-    assert engine.batches == 1 and all(event[2] is None for event in events if event[0] == "done")
+    assert engine.largest_batch == 3 and all(event[2] is None for event in events if event[0] == "done")
     order = [event[:2] for event in events]
     first_done = next(i for kind, i in order if kind == "done")
     later_audio = [i for kind, i in order[order.index(("done", first_done)):] if kind == "audio"]
     assert later_audio and first_done not in later_audio  # the others still spoke after it finished
+
+
+def continuous(model, joins, texts, speakers=None):
+    """Generate ``texts`` in one ContinuousBatch, text ``i`` joining after ``joins[i]`` steps."""
+    speakers = speakers or list(range(len(texts)))
+    from nemotron_tts.continuous import ContinuousBatch
+
+    batch = ContinuousBatch(model)
+    frames, ended = [[] for _ in texts], []
+    steps = 0
+    while True:
+        joining = [i for i, at in enumerate(joins) if at == steps]
+        batch.admit([Utterance(model.tokenize(texts[i], "en"), speakers[i], frames[i].append,
+                               on_end=lambda i=i: ended.append(i)) for i in joining])
+        if not len(batch) and steps > max(joins):
+            break
+        batch.step()
+        steps += 1
+    assert sorted(ended) == list(range(len(texts)))
+    return [torch.cat(f, dim=-1) for f in frames]
+
+
+TEXTS = [TEXT, "A second voice says something else entirely.", "Short one."]
+
+
+def test_continuous_batch_draws_nemos_codes_while_its_items_are_the_same(cached_pair):
+    """Started together, the continuous batch is NeMo's generate_speech: same seed, same codes, up
+    to the first item's end (NeMo keeps drawing random numbers for ended items, it does not)."""
+    nemo, static = cached_pair
+    whole = 0
+    for seed in range(3):
+        frames = [[] for _ in TEXTS]
+        torch.manual_seed(seed)
+        nemo.generate([Utterance(nemo.tokenize(t, "en"), i, frames[i].append) for i, t in enumerate(TEXTS)])
+        expected = [torch.cat(f, dim=-1) for f in frames]
+        torch.manual_seed(seed)
+        got = continuous(static, [0, 0, 0], TEXTS)
+        same = min(codes.shape[-1] for codes in expected)
+        assert [codes.shape for codes in got] == [codes.shape for codes in expected]
+        assert all(torch.equal(a[:, :same], b[:, :same]) for a, b in zip(got, expected, strict=True))
+        whole += all(torch.equal(a, b) for a, b in zip(got, expected, strict=True))
+    assert whole >= 1  # at least one seed ran all three to the end together
+
+
+def test_items_joining_and_leaving_at_any_step_keep_their_own_codes(cached_pair):
+    """With deterministic sampling (top-1) an item's codes cannot depend on its company: joining a
+    running batch, rows moving when others leave, and the CFG row pairs must all leave them equal to
+    the item generated alone."""
+    static = cached_pair[1]
+    params = static.model.inference_parameters
+    topk = params.topk
+    params.topk = 1
+    try:
+        alone = [continuous(static, [0], [text], [i])[0] for i, text in enumerate(TEXTS)]
+        together = continuous(static, [0, 3, 5], TEXTS)
+    finally:
+        params.topk = topk
+    for expected, got in zip(alone, together, strict=True):
+        assert torch.equal(got, expected)

@@ -218,8 +218,6 @@ def test_bad_messages_get_errors_and_the_session_lives_on(server):
 
 
 def test_concurrent_clients_get_complete_audio_in_shared_batches(server):
-    before = server.health()[1]["engine"]["batches"]
-
     async def one(index):
         client = await TTSClient.open(server.ws)
         await client.send(type="init", voice=["john", "sofia", "aria", "jason", "leo"][index % 5])
@@ -239,8 +237,7 @@ def test_concurrent_clients_get_complete_audio_in_shared_batches(server):
         assert len(got.audio_after()) / 2 / 22050 * 1000 == pytest.approx(done["total_audio_ms"], abs=0.5)
         assert len(got.audio_after()) % (2 * SAMPLES_PER_FRAME) == 0
     engine = server.health()[1]["engine"]
-    assert engine["batches"] - before < 10  # 10 segments, fewer batches: they were generated together
-    assert engine["largest_batch"] > 1
+    assert engine["continuous"] and engine["largest_batch"] > 1  # segments were generated together
 
 
 def test_sigterm_drains_queued_segments_then_closes(tiny_tts_model):
