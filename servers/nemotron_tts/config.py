@@ -24,6 +24,8 @@ class TTSConfig:
     kv_cache: bool = setting(True, "reuse the decoder's attention keys and values across steps")
     static_decoder: bool = setting(True, "decoder steps on fixed-size caches (graph-captured on CUDA) "
                                    "instead of NeMo's growing ones; needs kv_cache")
+    continuous_batching: bool = setting(False, "segments join the running batch at any decoder step "
+                                        "(needs static_decoder; measured slower on an H200 so far)")
     max_frames: int = setting(0, "codec frames per sentence at most (0 = the model's own limit)")
     max_batch: int = setting(16, "most segments generated together in one batch", check=positive)
     gather_ms: float = setting(5.0, "an idle engine waits this long for more segments to batch with")

@@ -1,11 +1,11 @@
 """The one thread that owns the TTS model and schedules the work of every client.
 
 Jobs (one text segment each) wait in a FIFO; each client has at most one job in the engine at a time
-(its session submits the next segment when one completes). With the static decoder step the engine
-batches continuously: waiting jobs join the running batch before every decoder step, up to
-``max_batch``, and leave it at their own last frame. Otherwise (and for a long text of several
-sentence chunks, which NeMo generates with history carried from chunk to chunk) it takes the oldest
-jobs as one fixed batch through NeMo's loop. Frames are decoded to audio as they arrive: a ``stream``
+(its session submits the next segment when one completes). By default it takes the oldest jobs as
+one fixed batch through NeMo's loop. With ``continuous`` (and the static decoder step) waiting jobs
+join the running batch before every decoder step, up to ``max_batch``, and leave it at their own
+last frame; a long text of several sentence chunks, which NeMo generates with history carried from
+chunk to chunk, still runs alone. Frames are decoded to audio as they arrive: a ``stream``
 job sends a chunk as soon as its preset's frame count is ready, a ``batch`` job sends its audio when
 its last frame is made, and every job completes (``segment_complete``) at its own last frame.
 Cancelling a job stops its audio at once and its generation at the next decoder step.
@@ -72,7 +72,8 @@ class _Running:
 
 
 class Engine:
-    def __init__(self, model: SpeechModel, max_batch: int, seed: int = 0, gather_s: float = 0.005) -> None:
+    def __init__(self, model: SpeechModel, max_batch: int, seed: int = 0, gather_s: float = 0.005,
+                 continuous: bool = False) -> None:
         self.model = model
         self.max_batch = max_batch
         self.seed = seed
@@ -89,7 +90,7 @@ class Engine:
         self.batched_jobs = 0
         self.largest_batch = 0
         self.continuous = None
-        if model.static is not None:
+        if continuous and model.static is not None:
             from .continuous import ContinuousBatch
 
             self.continuous = ContinuousBatch(model)

@@ -55,7 +55,8 @@ class TTSService(EngineService):
         catalog = Catalog(self.config.voice_names, self.config.default_voice.lower(), list(model.languages),
                           model.tokenize)
         self.engine = Engine(model, self.config.max_batch, seed=self.config.seed,
-                             gather_s=self.config.gather_ms / 1000)
+                             gather_s=self.config.gather_ms / 1000,
+                             continuous=self.config.continuous_batching)
         self.engine.start()
         progress("warming up", LOAD_BUDGET_S)
         warm_s = self._warm_up(catalog)

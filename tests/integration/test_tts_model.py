@@ -216,7 +216,8 @@ def test_static_decoder_grows_for_longer_text(cached_pair):
     assert torch.equal(got, expected)
 
 
-def test_engine_finishes_a_job_at_its_own_last_frame(tiny_tts_model):
+@pytest.mark.parametrize("continuous", [False, True], ids=["fixed", "continuous"])
+def test_engine_finishes_a_job_at_its_own_last_frame(tiny_tts_model, continuous):
     """A short segment batched with long ones is complete when its speech ends, not when theirs do."""
     from nemotron_tts.engine import Engine, Job
 
@@ -232,7 +233,7 @@ def test_engine_finishes_a_job_at_its_own_last_frame(tiny_tts_model):
                 done.set()
         return on_done
 
-    engine = Engine(model, max_batch=4, seed=1)
+    engine = Engine(model, max_batch=4, seed=1, continuous=continuous)
     jobs = [Job(model.tokenize(t, "en"), i, client=object(), on_done=finished(i),
                 on_audio=lambda pcm, i=i: events.append(("audio", i)), preset=PRESETS["aggressive"])
             for i, t in enumerate(texts)]
