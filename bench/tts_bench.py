@@ -33,7 +33,9 @@ TEXT = "Hello there, this is a short reply from the voice agent, spoken as soon 
 CONFIGS = {"cfg": ["--cfg"], "no-cfg": ["--no-cfg"],
            # NeMo's own cached decoder step instead of the graph-captured one, for comparison
            "cfg-nemo-step": ["--cfg", "--no-static-decoder"],
-           "no-cfg-nemo-step": ["--no-cfg", "--no-static-decoder"]}
+           "no-cfg-nemo-step": ["--no-cfg", "--no-static-decoder"],
+           "cfg-continuous": ["--cfg", "--continuous-batching"],
+           "no-cfg-continuous": ["--no-cfg", "--continuous-batching"]}
 
 
 async def _one_stream(url: str, preset: str, sample_rate: int, delay_s: float = 0.0) -> dict:

@@ -206,6 +206,7 @@ class Engine:
                         torch.manual_seed(self.seed)
                     batch.admit([r.utterance() for r in new])
                     running += new
+                    running = self._flush(running, [r for r in running if r.ended])  # first audio now
                 if running:
                     batch.step()
             except Exception as exc:  # noqa: BLE001 - a failing step fails its jobs, not the service
