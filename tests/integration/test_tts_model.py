@@ -10,6 +10,7 @@ from nemotron_tts.model import SpeechModel, Utterance
 
 pytestmark = pytest.mark.slow
 TEXT = "Hello there, friend. How are you today?"
+LONG_TEXT = " ".join(f"Sentence {i} talks about the weather and the voice agent at length." for i in range(4))
 
 
 @pytest.fixture(scope="module")
@@ -308,3 +309,47 @@ def test_items_joining_and_leaving_at_any_step_keep_their_own_codes(cached_pair)
         params.topk = topk
     for expected, got in zip(alone, together, strict=True):
         assert torch.equal(got, expected)
+
+
+def test_static_decoder_step_carries_a_long_text_chunk_by_chunk(cached_pair):
+    """A text of several sentence chunks (NeMo carries history from chunk to chunk): same codes."""
+    nemo, static = cached_pair
+    chunks = static.tokenize(LONG_TEXT, "en")
+    assert len(chunks) > 1
+    codes = []
+    for model in (nemo, static):
+        frames = []
+        torch.manual_seed(2)
+        model.generate([Utterance(chunks, 1, frames.append)])
+        codes.append(torch.cat(frames, dim=-1))
+    assert torch.equal(codes[1], codes[0])
+
+
+def test_continuous_engine_runs_a_long_text_alone_between_batches(tiny_tts_model):
+    from nemotron_tts.engine import Engine, Job
+
+    model = SpeechModel(tiny_tts_model, "cpu", use_cfg=False)
+    assert len(model.tokenize(LONG_TEXT, "en")) > 1
+    done, audio = {}, {}
+    finished = threading.Event()
+
+    def job(name, text):
+        def on_done(ms, error):
+            done[name] = (ms, error)
+            if len(done) == 3:
+                finished.set()
+        return Job(model.tokenize(text, "en"), 0, client=object(), on_done=on_done,
+                   on_audio=lambda pcm: audio.setdefault(name, []).append(pcm), preset=PRESETS["balanced"])
+
+    engine = Engine(model, max_batch=4, seed=1, continuous=True)
+    for name, text in (("short", "Short one."), ("long", LONG_TEXT), ("after", TEXT)):
+        engine.submit(job(name, text))
+    engine.start()
+    try:
+        assert finished.wait(300)
+    finally:
+        engine.stop()
+    assert len(engine.continuous.items) == 0
+    for name in ("short", "long", "after"):
+        ms, error = done[name]
+        assert error is None and ms > 0 and sum(map(len, audio[name])) == round(ms * 22.05) * 2
