@@ -185,7 +185,8 @@ class Engine:
 
     def _run_continuous(self) -> None:
         """Join waiting jobs before each decoder step; a long multi-chunk text runs alone when the
-        batch is empty. No gathering: a job that arrives a moment later joins at the next step."""
+        batch is empty. Only an idle engine gathers a burst first; while a batch runs, a job that
+        arrives joins at the next step."""
         batch = self.continuous
         running: list[_Running] = []
         while not self._stop:
@@ -196,6 +197,7 @@ class Engine:
             if not joining and not running:
                 self.busy = False
                 self._wake.get()
+                self._gather()  # a burst that finds the engine idle starts as one group
                 continue
             self.busy, self.heartbeat = True, time.monotonic()
             new = [_Running(job, self.model.stream_decoder(), job.preset.first_frames if job.preset else 0)
