@@ -49,9 +49,7 @@ class ContinuousBatch:
         self.items: list[_Item] = []
         params = self.model.inference_parameters
         self.params = params
-        layers = params.apply_prior_to_layers
-        self.prior_layers = [params.apply_attention_prior and (layers is None or index in layers)
-                             for index in range(len(self.static.layers))]
+        self.prior_layers = self.static.prior_layers
         from nemo.collections.tts.models.magpietts import EOSDetectionMethod
 
         self.eos_method = EOSDetectionMethod(params.eos_detection_method)
@@ -129,7 +127,7 @@ class ContinuousBatch:
 
     @torch.inference_mode()
     def step(self) -> None:
-        """One decoder step for every live item that has made a frame."""
+        """One decoder step for every live item."""
         if not self.items:
             return
         model, static = self.model, self.static
@@ -145,7 +143,7 @@ class ContinuousBatch:
         static.position[:rows] = positions
         logits, output, probs = static.run(rows, frames, [True if on else None for on in self.prior_layers])
         if self.cfg:
-            order = torch.cat([torch.arange(0, rows, 2), torch.arange(1, rows, 2)]).to(output.device)
+            order = torch.arange(rows, device=output.device).view(-1, 2).t().reshape(-1)  # cond rows first
             cond, uncond = logits[0::2], logits[1::2]
             logits = (1 - self.params.cfg_scale) * uncond + self.params.cfg_scale * cond
             output = output.index_select(0, order)

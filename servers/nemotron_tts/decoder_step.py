@@ -51,6 +51,11 @@ class StaticDecoder:
         self.use_graphs = graphs and self.device.type == "cuda"
         self.pool = GraphPool()
         self.width = int(model.cfg.decoder.d_model)
+        params = model.inference_parameters
+        layers = params.apply_prior_to_layers
+        # Which layers NeMo's loop gives the attention prior (its usual layout, captured at warmup)
+        self.prior_layers = tuple(bool(params.apply_attention_prior and (layers is None or index in layers))
+                                  for index in range(len(self.layers)))
         self._allocate(max_positions, max_text)
         self.rows = 0
         self.primed = False
@@ -224,10 +229,7 @@ class StaticDecoder:
         """Capture the usual prior layout for every bucket now (warmup), not on a client's frame."""
         if not self.use_graphs:
             return 0
-        params = self.model.inference_parameters
-        layers = params.apply_prior_to_layers
-        with_prior = tuple(params.apply_attention_prior and (layers is None or index in layers)
-                           for index in range(len(self.layers)))
         for bucket in buckets_up_to(min(max_rows, self.max_rows)):
-            self.pool.call((bucket, with_prior), lambda bucket=bucket: self.step(bucket, with_prior))
+            self.pool.call((bucket, self.prior_layers),
+                           lambda bucket=bucket: self.step(bucket, self.prior_layers))
         return len(self.pool)

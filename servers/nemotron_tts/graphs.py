@@ -40,15 +40,7 @@ class GraphPool:
     def capture(self, key: tuple, shape: tuple[int, ...], like: torch.Tensor,
                 function: Callable[[torch.Tensor], torch.Tensor]):
         static_in = torch.zeros(shape, dtype=like.dtype, device=like.device)
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
-            for _ in range(2):  # warm up kernels and the allocator outside the graph
-                function(static_in)
-        torch.cuda.current_stream().wait_stream(stream)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            static_out = function(static_in)
+        graph, static_out = _record(lambda: function(static_in))
         self._graphs[key] = (graph, static_in, static_out)
         return self._graphs[key]
 
@@ -58,19 +50,24 @@ class GraphPool:
         Capturing runs it twice for warmup, so it must be idempotent for the same buffer contents.
         """
         if key not in self._calls:
-            stream = torch.cuda.Stream()
-            stream.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(stream):
-                for _ in range(2):
-                    function()
-            torch.cuda.current_stream().wait_stream(stream)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                outputs = function()
-            self._calls[key] = (graph, outputs)
+            self._calls[key] = _record(function)
         graph, outputs = self._calls[key]
         graph.replay()
         return outputs
 
     def __len__(self) -> int:
         return len(self._graphs) + len(self._calls)
+
+
+def _record(function: Callable[[], object]) -> tuple[torch.cuda.CUDAGraph, object]:
+    """Capture ``function`` in a graph, after two runs that warm up kernels and the allocator."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(2):
+            function()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        outputs = function()
+    return graph, outputs
