@@ -20,37 +20,48 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "servers"))
 from nemotron_asr.model import StreamingModel  # noqa: E402
 
 
+def timed(name: str, function, model, repeat: int = 5) -> None:
+    model.synchronize()
+    started = time.perf_counter()
+    for _ in range(repeat):
+        function()
+    model.synchronize()
+    print(f"{name}: {(time.perf_counter() - started) / repeat * 1000:.1f} ms", flush=True)
+
+
 def main(path: str, streams: int, device: str = "cuda") -> None:
     model = StreamingModel(Path(path), right_context=1, device=device, max_streams=streams,
-                           cuda_graphs=False)
+                           graph_buckets=(streams,))
     model.capture()
     kind = model.kinds["steady"]
     features = torch.randn(streams, model.encoder._feat_in, kind.frames, device=model.device)
     lengths = torch.full((streams,), kind.frames, device=model.device)
     slots = list(range(streams))
     model.reset_streams(slots)
+    runner = model.steps["steady"]
+    eager = getattr(runner, "eager", runner)
+    caches = model.pool.gather(torch.tensor(slots, device=model.device))
+    typed = features.to(model.dtype)
 
-    def step():
-        with torch.inference_mode():
-            output = model.encode("steady", features, lengths, slots)
-            model.decode(output)
+    def eager_step():
+        eager(typed, lengths, *caches)
 
     for _ in range(3):
-        step()
+        eager_step()
     model.synchronize()
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA,
                                             torch.profiler.ProfilerActivity.CPU]) as prof:
-        step()
+        eager_step()
         model.synchronize()
-    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=30, max_name_column_width=60))
-    for name, function in (("encode", lambda: model.encode("steady", features, lengths, slots)),):
-        model.synchronize()
-        started = time.perf_counter()
-        with torch.inference_mode():
-            for _ in range(5):
-                function()
-        model.synchronize()
-        print(f"eager {name} at {streams} streams: {(time.perf_counter() - started) / 5 * 1000:.1f} ms")
+    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=40, max_name_column_width=90))
+    timed(f"eager encoder step at {streams} streams", eager_step, model)
+    timed(f"server encode (gather, step, scatter) at {streams} streams",
+          lambda: model.encode("steady", features, lengths, slots), model)
+    if hasattr(runner, "graphs"):
+        graph = runner.graphs[streams][0]
+        timed(f"bare graph replay at {streams} streams", graph.replay, model)
+    output = model.encode("steady", features, lengths, slots)
+    timed(f"decode at {streams} streams", lambda: model.decode(output), model)
 
 
 if __name__ == "__main__":

@@ -24,11 +24,16 @@ from nemotron_tts.model import SpeechModel, Utterance  # noqa: E402
 TEXT = "Hello there, this is a short reply from the voice agent, spoken as soon as possible."
 
 
+def synchronize() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
 def timed(function) -> float:
-    torch.cuda.synchronize()
+    synchronize()
     started = time.perf_counter()
     function()
-    torch.cuda.synchronize()
+    synchronize()
     return (time.perf_counter() - started) * 1000
 
 
@@ -51,14 +56,16 @@ def measure(model: SpeechModel, chunks, batch: int) -> dict:
             "step_after_join_ms": round(timed(running.step), 2)}
 
 
-def main(path: str) -> None:
-    model = SpeechModel(Path(path), "cuda", use_cfg=True, max_frames=48, max_batch=64)
-    model.capture(64)
+def main(path: str, device: str = "cuda", batches: str = "1,16,64") -> None:
+    sizes = [int(b) for b in batches.split(",")]
+    model = SpeechModel(Path(path), device, use_cfg=True, max_frames=48, max_batch=max(sizes))
+    model.capture(max(sizes))
     chunks = model.tokenize(TEXT, "en")
-    for batch in (1, 16, 64):
+    name = torch.cuda.get_device_name() if model.device.type == "cuda" else "cpu"
+    for batch in sizes:
         result = measure(model, chunks, batch)
-        print(json.dumps({"device": torch.cuda.get_device_name(), "cfg": True, **result}), flush=True)
+        print(json.dumps({"device": name, "cfg": True, **result}), flush=True)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(*sys.argv[1:])
