@@ -69,22 +69,28 @@ async def _one_stream(url: str, preset: str, sample_rate: int, delay_s: float = 
 
 async def _level(url: str, streams: int, preset: str, sample_rate: int, repeats: int,
                  stagger_s: float = 0.0) -> dict:
-    results = []
+    def pct(values, q):
+        values = sorted(values)
+        return round(values[min(len(values) - 1, int(q * len(values)))], 1) if values else None
+
+    results, rounds = [], []
     for _ in range(repeats):  # one sample per stream and round: several rounds for stable percentiles
-        results += await asyncio.gather(*(_one_stream(url, preset, sample_rate, stagger_s * i / streams)
-                                          for i in range(streams)))
+        this_round = await asyncio.gather(*(_one_stream(url, preset, sample_rate, stagger_s * i / streams)
+                                            for i in range(streams)))
+        ok = [r for r in this_round if "error" not in r]
+        rounds.append({"first_audio_p50_ms": pct([r["first_audio_ms"] for r in ok], 0.5),
+                       "realtime_streams": sum(1 for r in ok if r["max_late_ms"] <= 20.0)})
+        results += this_round
     good = [r for r in results if "error" not in r]
     first = sorted(r["first_audio_ms"] for r in good)
-
-    def pct(values, q):
-        return round(values[min(len(values) - 1, int(q * len(values)))], 1) if values else None
 
     return {"streams": streams, "preset": preset, "repeats": repeats, "errors": len(results) - len(good),
             "first_audio_p50_ms": pct(first, 0.5), "first_audio_p95_ms": pct(first, 0.95),
             "rtf_mean": round(statistics.mean(r["rtf"] for r in good), 3) if good else None,
             "audio_s_mean": round(statistics.mean(r["audio_s"] for r in good), 2) if good else None,
             "realtime_streams": round(sum(1 for r in good if r["max_late_ms"] <= 20.0) / repeats, 1),
-            "max_late_ms": round(max((r["max_late_ms"] for r in good), default=0.0), 1)}
+            "max_late_ms": round(max((r["max_late_ms"] for r in good), default=0.0), 1),
+            "rounds": rounds}
 
 
 @click.command()

@@ -69,6 +69,9 @@ class StreamingModel:
                              f"(it supports {choices})")
         left = next(c[0] for c in contexts if c[1] == right_context)
         encoder.set_default_att_context_size([left, right_context])
+        from . import encoder_layers
+
+        logger.debug(f"{encoder_layers.apply(encoder)} encoder layers switched to streaming layouts")
         encoder.to(self.dtype)
         self.encoder = encoder
         self.right_context = right_context
