@@ -28,6 +28,26 @@ sys.path.insert(0, str(ROOT / "bench"))
 MODES = {"eager": ["--no-cuda-graphs"], "graphs": ["--cuda-graphs"]}
 
 
+def _health(port: int) -> dict:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as r:
+        return json.loads(r.read())
+
+
+def _steps_between(before: dict, after: dict) -> dict:
+    """The engine's per-kind step summary (cumulative in /health) for one level alone."""
+    out = {}
+    for kind, now in after.items():
+        then = before.get(kind, {"steps": 0, "streams": 0})
+        steps = now["steps"] - then["steps"]
+        if not steps:
+            continue
+        out[kind] = {"steps": steps, "mean_streams": round((now["streams"] - then["streams"]) / steps, 1)}
+        for key in (k for k in now if k.endswith("_ms")):
+            total = now[key] * now["steps"] - then.get(key, 0.0) * then["steps"]
+            out[kind][key] = round(total / steps, 2)
+    return out
+
+
 @click.command()
 @click.option("--shape", default="real", type=click.Choice(["tiny", "real"]))
 @click.option("--model", "model_path", type=click.Path(path_type=Path), default=None,
@@ -73,6 +93,7 @@ def main(shape, model_path, modes, streams, seconds, frame_ms, large_frame_ms, p
             ready_s = wait_ready(port, process, 900)
             click.echo(f"{mode}: server ready after {ready_s:.0f} s", err=True)
             rows = []
+            health = _health(port)
             for count in counts:
                 size = frame_ms if count < 128 else large_frame_ms
                 try:
@@ -81,10 +102,10 @@ def main(shape, model_path, modes, streams, seconds, frame_ms, large_frame_ms, p
                     process.send_signal(signal.SIGUSR1)
                     time.sleep(2)
                     row = {"streams": count, "frame_ms": size, "error": f"{type(exc).__name__}: {exc}"}
+                before, health = health, _health(port)
+                row["steps"] = _steps_between(before.get("steps", {}), health.get("steps", {}))
                 click.echo(f"{mode}: {json.dumps(row)}", err=True)
                 rows.append(row)
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as r:
-                health = json.loads(r.read())
             report["runs"][mode] = {"ready_s": round(ready_s, 1), "rows": rows, "health": health}
         finally:
             process.send_signal(signal.SIGTERM)

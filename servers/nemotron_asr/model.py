@@ -97,19 +97,16 @@ class StreamingModel:
                 if self.uses_graphs:
                     if progress:
                         progress(f"capturing CUDA graphs for {kind.name} steps", 300)
-                    self.steps[kind.name] = GraphStep(self.encoder, kind, self.buckets, self.dtype,
-                                                      self._graph_pool)
+                    self.steps[kind.name] = GraphStep(self.encoder, kind, self.pool, self.buckets,
+                                                      self.dtype, self._graph_pool)
                 else:
-                    self.steps[kind.name] = EagerStep(self.encoder, kind)
+                    self.steps[kind.name] = EagerStep(self.encoder, kind, self.pool)
 
     def encode(self, kind: str, features: torch.Tensor, lengths: torch.Tensor,
                slots: list[int]) -> StepOutput:
         """Run one step for the streams in ``slots`` and keep their new caches."""
         index = torch.tensor(slots, device=self.device)
-        channel, time, channel_len = self.pool.gather(index)
-        encoded, encoded_len, channel, time, channel_len = self.steps[kind](
-            features.to(self.dtype), lengths, channel, time, channel_len)
-        self.pool.scatter(index, channel, time, channel_len)
+        encoded, encoded_len = self.steps[kind](features.to(self.dtype), lengths, index)
         return StepOutput(encoded.float(), encoded_len, index)
 
     def decode(self, output: StepOutput) -> list[list[int]]:

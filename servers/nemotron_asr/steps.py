@@ -43,12 +43,16 @@ def step_kinds(streaming_cfg, lead: int) -> dict[str, StepKind]:
 
 
 class CachePool:
-    """Encoder caches of every stream, one slot per stream, gathered and scattered per step."""
+    """Encoder caches of every stream, one slot per stream, gathered and scattered per step.
+
+    One extra slot past the streams' takes the padding rows of graph steps, so a padded step
+    never touches a stream's caches."""
 
     def __init__(self, encoder, slots: int, dtype: torch.dtype, device: torch.device) -> None:
-        channel, time, channel_len = encoder.get_initial_cache_state(batch_size=slots, dtype=dtype,
+        channel, time, channel_len = encoder.get_initial_cache_state(batch_size=slots + 1, dtype=dtype,
                                                                      device=device)
         self.channel, self.time, self.channel_len = channel, time, channel_len
+        self.padding_slot = slots
         self.free = list(range(slots - 1, -1, -1))
 
     def acquire(self) -> int:
@@ -75,36 +79,42 @@ class CachePool:
 
 
 class EagerStep:
-    def __init__(self, encoder, kind: StepKind) -> None:
-        self.encoder, self.kind = encoder, kind
+    """One step of ``kind`` for the streams whose cache slots are ``index``; returns the encoder
+    output and its lengths and keeps the streams' new caches in the pool."""
 
-    def __call__(self, features, lengths, channel, time, channel_len):
-        return self.encoder.cache_aware_stream_step(
+    def __init__(self, encoder, kind: StepKind, pool: CachePool) -> None:
+        self.encoder, self.kind, self.pool = encoder, kind, pool
+
+    def __call__(self, features, lengths, index):
+        channel, time, channel_len = self.pool.gather(index)
+        encoded, encoded_len, channel, time, channel_len = self.encoder.cache_aware_stream_step(
             processed_signal=features, processed_signal_length=lengths, cache_last_channel=channel,
             cache_last_time=time, cache_last_channel_len=channel_len,
             keep_all_outputs=self.kind.keep_all_outputs,
             drop_extra_pre_encoded=self.kind.drop_extra_pre_encoded)
+        self.pool.scatter(index, channel, time, channel_len)
+        return encoded, encoded_len
 
 
 class GraphStep:
-    """Replays a captured step; batches are padded up to the smallest bucket that holds them."""
+    """Replays a captured step, cache gather and scatter included; batches are padded up to the
+    smallest bucket that holds them, the padding rows pointing at the pool's padding slot."""
 
-    def __init__(self, encoder, kind: StepKind, buckets: list[int], dtype: torch.dtype,
-                 pool) -> None:
-        self.eager = EagerStep(encoder, kind)
-        self.kind = kind
+    def __init__(self, encoder, kind: StepKind, pool: CachePool, buckets: list[int], dtype: torch.dtype,
+                 graph_pool) -> None:
+        self.eager = EagerStep(encoder, kind, pool)
+        self.kind, self.pool = kind, pool
         self.graphs: dict[int, tuple] = {}
         for size in sorted(buckets):
-            self.graphs[size] = self._capture(encoder, size, dtype, pool)
+            self.graphs[size] = self._capture(encoder, size, dtype, graph_pool)
         logger.debug(f"captured {kind.name} encoder step for batch sizes {sorted(buckets)}")
 
-    def _capture(self, encoder, size: int, dtype: torch.dtype, pool):
+    def _capture(self, encoder, size: int, dtype: torch.dtype, graph_pool):
         device = next(encoder.parameters()).device
         features = torch.zeros(size, encoder._feat_in, self.kind.frames, device=device, dtype=dtype)
         lengths = torch.full((size,), self.kind.frames, device=device, dtype=torch.long)
-        caches = [t.clone() for t in encoder.get_initial_cache_state(batch_size=size, dtype=dtype,
-                                                                         device=device)]
-        inputs = (features, lengths, *caches)
+        index = torch.full((size,), self.pool.padding_slot, device=device, dtype=torch.long)
+        inputs = (features, lengths, index)
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
@@ -112,29 +122,22 @@ class GraphStep:
                 self.eager(*inputs)
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=pool):
+        with torch.cuda.graph(graph, pool=graph_pool):
             outputs = self.eager(*inputs)
         return graph, inputs, outputs
 
-    def __call__(self, features, lengths, channel, time, channel_len):
+    def __call__(self, features, lengths, index):
         batch = features.shape[0]
         size = next((s for s in self.graphs if s >= batch), None)
         if size is None:
-            return self.eager(features, lengths, channel, time, channel_len)
-        graph, inputs, outputs = self.graphs[size]
-        static_features, static_lengths, static_channel, static_time, static_len = inputs
+            return self.eager(features, lengths, index)
+        graph, (static_features, static_lengths, static_index), (encoded, encoded_len) = self.graphs[size]
         static_features[:batch].copy_(features)
         static_lengths[:batch].copy_(lengths)
-        static_channel[:, :batch].copy_(channel)
-        static_time[:, :batch].copy_(time)
-        static_len[:batch].copy_(channel_len)
-        if batch < size:  # padding rows: full-length silence with empty caches, results ignored
+        static_index[:batch].copy_(index)
+        if batch < size:  # padding rows: full-length silence on the padding slot, results ignored
             static_features[batch:].zero_()
             static_lengths[batch:].fill_(self.kind.frames)
-            static_channel[:, batch:].zero_()
-            static_time[:, batch:].zero_()
-            static_len[batch:].zero_()
+            static_index[batch:].fill_(self.pool.padding_slot)
         graph.replay()
-        encoded, encoded_len, channel_out, time_out, len_out = outputs
-        return (encoded[:batch], encoded_len[:batch], channel_out[:, :batch], time_out[:, :batch],
-                len_out[:batch])
+        return encoded[:batch], encoded_len[:batch]
