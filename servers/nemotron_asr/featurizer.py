@@ -74,10 +74,12 @@ class Featurizer:
         with torch.inference_mode(), torch.autocast(self.device.type, enabled=False):
             mel, _ = self.preprocessor(input_signal=signal, length=signal_len)
         mel = mel[:, :, self.lead:self.lead + count]
-        for row, request in enumerate(requests):
-            if request.first < 0:  # before the utterance: zeros, as NeMo's streaming buffer pads
-                mel[row, :, :-request.first] = 0.0
-            valid = self.frames_in(request.total_samples) - request.first
-            if valid < count:  # past the end of a finished utterance
-                mel[row, :, max(valid, 0):] = 0.0
+        # Frames before the utterance (as NeMo's streaming buffer pads) and past the end of a
+        # finished one are zeros: one masked fill for the batch, not one small copy per stream.
+        first = np.array([request.first for request in requests])
+        end = np.array([self.frames_in(request.total_samples) for request in requests]) - first
+        frame = np.arange(count)
+        outside = (frame < -first[:, None]) | (frame >= end[:, None])
+        if outside.any():
+            mel = mel.masked_fill(torch.from_numpy(outside).to(self.device)[:, None, :], 0.0)
         return mel

@@ -31,7 +31,7 @@ class Session:
         self.finals_done.set()
         self.reset_times: list[float] = []
         self.writer: asyncio.Task | None = None  # set by the transport
-        self.stream_id = engine.open(self._deliver_threadsafe)
+        self.stream_id = engine.open(self._deliver, self.loop)
 
     # --- client -> engine -------------------------------------------------------------------
     def on_binary(self, frame: bytes) -> None:
@@ -61,10 +61,7 @@ class Session:
         self.reset_times.append(time.perf_counter())
         self.engine.finalize(self.stream_id)
 
-    # --- engine -> client -------------------------------------------------------------------
-    def _deliver_threadsafe(self, result: Result) -> None:
-        self.loop.call_soon_threadsafe(self._deliver, result)
-
+    # --- engine -> client (on the event loop) ------------------------------------------------
     def _deliver(self, result: Result) -> None:
         if result.kind == "interim":
             self.outbox.put_nowait(protocol.interim_message(result.text))

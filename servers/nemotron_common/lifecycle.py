@@ -106,8 +106,8 @@ async def run(server: ModelServer, drain_timeout_s: float, notifier: Notifier | 
         await server.close()
         return exitcodes.RUNTIME_FAILURE
 
+    notifier.ready(loading.result())  # before /health says 200, so no client sees ready first
     server.health.state = State.HEALTHY
-    notifier.ready(loading.result())
     interval = notifier.watchdog_interval_s()
     tasks = [asyncio.ensure_future(_watchdog(notifier, server, interval))] if interval else []
     engine_failed = asyncio.ensure_future(server.wait_engine_failed())

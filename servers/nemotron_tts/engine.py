@@ -174,11 +174,14 @@ class Engine:
     def _gather(self) -> None:
         """Woken from idle: let a burst of clients that start together share the first batch.
 
-        Waits one gather interval, and more while segments keep arriving (at most five), so a lone
-        segment pays one interval and a burst is not cut in two.
+        A lone segment (a voice agent's usual case) waits a fifth of the gather interval: clients
+        that start together arrive well within that of each other. Once a second one has come, it
+        waits whole intervals while segments keep arriving (at most five), so a burst is not cut in
+        two.
         """
         deadline = time.monotonic() + 5 * self.gather_s
-        seen = -1
+        seen = self.queued
+        time.sleep(self.gather_s / 5)
         while self.queued != seen and time.monotonic() < deadline:
             seen = self.queued
             time.sleep(self.gather_s)
