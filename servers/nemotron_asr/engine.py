@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from loguru import logger
 
+from .decoder import UtteranceText
 from .featurizer import FrameRequest
 from .model import StreamingModel
 
@@ -51,7 +52,7 @@ class _Stream:
     total: int = 0
     consumed: int = 0  # mel frames already given to the encoder
     started: bool = False
-    tokens: list = field(default_factory=list)  # token ids of the utterance so far
+    words: UtteranceText | None = None  # the utterance's tokens and text, from its first token on
     text: str = ""
     finalizing: bool = False
     backlog: deque = field(default_factory=deque)
@@ -289,8 +290,9 @@ class Engine:
             stream.consumed = step.first + step.count
             text = stream.text
             if new_tokens:
-                stream.tokens.extend(new_tokens)
-                text = self.model.text_of(stream.tokens)
+                if stream.words is None:
+                    stream.words = self.model.decoder.new_text()
+                text = stream.words.add(new_tokens)
             if kind in FINAL_KINDS:
                 stream.text = text
                 continue

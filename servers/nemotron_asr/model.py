@@ -122,9 +122,6 @@ class StreamingModel:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
-    def text_of(self, tokens: list[int]) -> str:
-        return self.decoder.text(tokens) if tokens else ""
-
     def transcribe_offline(self, audio) -> str:
         """Whole-utterance transcription with the same context setting (the reference for tests)."""
         with torch.inference_mode():
