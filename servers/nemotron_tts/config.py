@@ -28,7 +28,8 @@ class TTSConfig:
                                         "(needs static_decoder; measured slower on an H200 so far)")
     max_frames: int = setting(0, "codec frames per sentence at most (0 = the model's own limit)")
     max_batch: int = setting(16, "most segments generated together in one batch", check=positive)
-    gather_ms: float = setting(5.0, "an idle engine waits this long for more segments to batch with")
+    gather_ms: float = setting(5.0, "an idle engine gathers a burst of segments in steps of this long "
+                                    "(a lone segment waits a fifth of it)")
     max_sessions: int = setting(64, "concurrent WebSocket clients; more are refused with 503", check=positive)
     max_text_chars: int = setting(4000, "longest text one request may carry", check=positive)
     seed: int = setting(0, "seed sampling before each batch (0 = random; set it for reproducible audio)")
