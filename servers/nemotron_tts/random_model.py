@@ -5,8 +5,10 @@ model. It has the released checkpoint's model type (``decoder_ce``) and voice me
 context embeddings for five speakers), so the server takes the same path as with the real model.
 ``tiny`` is for CPU tests; ``real`` has the shape of nvidia/magpie_tts_multilingual_357m (768-d,
 6-layer text encoder, 12-layer decoder, autoregressive local transformer, 22.05 kHz, 1024 samples
-per frame, 8 codebooks); its codec is small, so codec time is under-counted there. Character
-tokenizers stand in for the G2P dictionaries, which are not available offline.
+per frame, 8 codebooks) and a codec decoder the size of NeMo's low-frame-rate 22.05 kHz speech codec
+(1024 base channels, residual kernels 3/7/11 with dilations 1/3/5, from its training config), since
+the codec runs in every streamed chunk. Character tokenizers stand in for the G2P dictionaries,
+which are not available offline.
 
     python -m nemotron_tts.random_model OUT.nemo --shape tiny
 """
@@ -42,14 +44,19 @@ class Shape:
     context_layers: int
     local_layers: int
     local_dim: int
-    codec_channels: int
+    codec_encoder_channels: int
+    codec_decoder_channels: int
+    codec_kernels: tuple[int, ...]  # the decoder's residual block kernel sizes
+    codec_dilations: tuple[int, ...]  # and the dilations in each
 
 
 SHAPES = {
     "tiny": Shape(d_model=32, ffn=64, heads=2, encoder_layers=1, decoder_layers=2, context_layers=1,
-                  local_layers=1, local_dim=32, codec_channels=16),
+                  local_layers=1, local_dim=32, codec_encoder_channels=4, codec_decoder_channels=64,
+                  codec_kernels=(3,), codec_dilations=(1,)),
     "real": Shape(d_model=768, ffn=3072, heads=12, encoder_layers=6, decoder_layers=12, context_layers=3,
-                  local_layers=3, local_dim=256, codec_channels=64),
+                  local_layers=3, local_dim=256, codec_encoder_channels=48, codec_decoder_channels=1024,
+                  codec_kernels=(3, 7, 11), codec_dilations=(1, 3, 5)),
 }
 
 
@@ -61,14 +68,15 @@ def _codec_config(shape: Shape) -> dict:
         "samples_per_frame": SAMPLES_PER_FRAME,
         "audio_encoder": {"_target_": f"{_CODEC}.HiFiGANEncoder",
                           "encoded_dim": groups * len(quantizer_levels), "down_sample_rates": [2, 2, 4, 8, 8],
-                          "base_channels": shape.codec_channels // 4, "resblock_kernel_sizes": [3],
+                          "base_channels": shape.codec_encoder_channels, "resblock_kernel_sizes": [3],
                           "resblock_dilation_sizes": [1]},
         "vector_quantizer": {"_target_": f"{_CODEC}.GroupFiniteScalarQuantizer",
                              "num_groups": groups, "num_levels_per_group": quantizer_levels},
         "audio_decoder": {"_target_": f"{_CODEC}.CausalHiFiGANDecoder",
                           "input_dim": groups * len(quantizer_levels), "up_sample_rates": [8, 8, 4, 2, 2],
-                          "base_channels": shape.codec_channels * 4, "resblock_kernel_sizes": [3],
-                          "resblock_dilation_sizes": [1]},
+                          "base_channels": shape.codec_decoder_channels,
+                          "resblock_kernel_sizes": list(shape.codec_kernels),
+                          "resblock_dilation_sizes": list(shape.codec_dilations)},
         "loss_resolutions": [[512, 128, 512]],
         "mel_loss_dims": [64],
         "commit_loss_scale": 0.0,
