@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# One device call's worth of benchmarks on a bare GPU host, packed so that everything comes back:
+# the device tool returns at most 8 files, and the two benches alone write 8. Prints the tables and
+# leaves one archive, $OUT/bench.tgz, with every result, log and probe output.
+#
+# Through the device tool (carry [".whl"]), for example:
+#   bash bench/device_run.sh asr tts            # about 8 minutes on an H200
+#   bash bench/device_run.sh tts-probes asr-profile
+# Parts: asr (eager and graphs, 1-512 streams), tts (CFG and no CFG, 1/16/64 streams, 3 rounds),
+# tts-probes (first audio in process, continuous-batching costs), asr-profile (512-stream step).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+source bench/device_setup.sh real tts-real
+results=${OUT:-bench-out}/work
+mkdir -p "$results"
+for part in "$@"; do
+    case $part in
+        asr) timeout 330 python bench/asr_bench.py --model /tmp/asr-real.nemo --out "$results/asr" 2>&1 |
+                 tail -14 ;;
+        tts) timeout 300 python bench/tts_bench.py --model /tmp/tts-real.nemo --configs cfg,no-cfg \
+                 --streams 1,16,64 --repeats 3 --out "$results/tts" 2>&1 | grep -v '^{' | tail -10 ;;
+        tts-probes)
+            python bench/probes/tts_first_audio.py /tmp/tts-real.nemo 2>&1 | tee "$results/tts_first_audio.txt" |
+                grep '^{'
+            python bench/probes/tts_continuous_check.py /tmp/tts-real.nemo 2>&1 |
+                tee "$results/tts_continuous_check.txt" | grep '^{' ;;
+        asr-profile)
+            python bench/probes/asr_step_profile.py /tmp/asr-real.nemo 512 > "$results/asr_profile.txt" 2>&1
+            grep -A20 "eager encoder step at" "$results/asr_profile.txt" ;;
+        *) echo "unknown part: $part" >&2 ;;
+    esac
+done
+tar -czf "${OUT:-bench-out}/bench.tgz" -C "$results" . && rm -rf "$results"
