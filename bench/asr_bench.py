@@ -64,8 +64,11 @@ def _steps_between(before: dict, after: dict) -> dict:
 @click.option("--port", default=18080, show_default=True)
 @click.option("--step-timing/--no-step-timing", default=False, show_default=True,
               help="exact per-phase step times in the results (the server then syncs the GPU each phase)")
+@click.option("--spread-ms", default=0.0, show_default=True,
+              help="start each level's streams evenly over this window (0: together, the worst case "
+                   "for time to final: every reset lands at once)")
 def main(shape, model_path, modes, streams, seconds, frame_ms, large_frame_ms, procs, right_context,
-         out, port, step_timing) -> None:
+         out, port, step_timing, spread_ms) -> None:
     from asr_load import run_level
     from serving import device_name, wait_ready
 
@@ -79,7 +82,7 @@ def main(shape, model_path, modes, streams, seconds, frame_ms, large_frame_ms, p
             build(model_path, shape, device="cuda" if device_name() != "cpu" else "cpu")
             click.echo(f"built {model_path} in {time.monotonic() - started:.0f} s", err=True)
     counts = [int(n) for n in streams.split(",")]
-    report = {"device": device_name(), "shape": shape, "right_context": right_context, "runs": {}}
+    report = {"device": device_name(), "model": model_path.name, "right_context": right_context, "runs": {}}
     for mode in modes.split(","):
         log = (out / f"server-{mode}.log").open("w")
         process = subprocess.Popen(
@@ -97,7 +100,8 @@ def main(shape, model_path, modes, streams, seconds, frame_ms, large_frame_ms, p
             for count in counts:
                 size = frame_ms if count < 128 else large_frame_ms
                 try:
-                    row = run_level(f"ws://127.0.0.1:{port}/", count, seconds, size, procs, 500.0)
+                    row = run_level(f"ws://127.0.0.1:{port}/", count, seconds, size, procs, 500.0,
+                                    spread_ms)
                 except Exception as exc:  # noqa: BLE001 - record it, dump the server's threads, go on
                     process.send_signal(signal.SIGUSR1)
                     time.sleep(2)
@@ -114,8 +118,9 @@ def main(shape, model_path, modes, streams, seconds, frame_ms, large_frame_ms, p
             except subprocess.TimeoutExpired:
                 process.kill()
         (out / "asr_bench.json").write_text(json.dumps(report, indent=1))
-    lines = [f"ASR time to final, {report['device']}, random weights ({shape} shape), "
-             f"right context {right_context}", "",
+    spread = f", stream starts spread over {spread_ms:g} ms" if spread_ms else ""
+    lines = [f"ASR time to final, {report['device']}, random weights ({model_path.name}), "
+             f"right context {right_context}{spread}", "",
              "| mode | streams | frame ms | TTF p50 | p95 | p99 | max | real-time streams | errors |",
              "|---|---|---|---|---|---|---|---|---|"]
     for mode, run in report["runs"].items():

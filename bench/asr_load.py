@@ -77,9 +77,9 @@ async def _client(url: str, pcm: bytes, frame_bytes: int, start_at: float) -> di
     return result
 
 
-async def _clients(url: str, count: int, seconds: float, frame_bytes: int, start_at: float) -> list[dict]:
+async def _clients(url: str, seconds: float, frame_bytes: int, starts: list[float]) -> list[dict]:
     pcm = _audio(seconds)
-    return await asyncio.gather(*(_client(url, pcm, frame_bytes, start_at) for _ in range(count)))
+    return await asyncio.gather(*(_client(url, pcm, frame_bytes, start_at) for start_at in starts))
 
 
 def percentile(values: list[float], p: float) -> float | None:
@@ -89,15 +89,18 @@ def percentile(values: list[float], p: float) -> float | None:
 
 
 def run_level(url: str, streams: int, seconds: float, frame_ms: int, procs: int,
-              realtime_ttf_ms: float) -> dict:
+              realtime_ttf_ms: float, spread_ms: float = 0.0) -> dict:
+    """One level: ``streams`` clients connect, then all start together (or, with ``spread_ms``,
+    evenly spread over that window, so their resets do not all land at once)."""
     frame_bytes = 32 * frame_ms
     procs = max(1, min(procs, streams))
-    shares = [streams // procs + (1 if i < streams % procs else 0) for i in range(procs)]
-    start_at = time.time() + 3 + streams / 200  # everyone connects first, then starts together
-    workers = [subprocess.Popen([sys.executable, __file__, "--worker", url, str(n), str(seconds),
-                                 str(frame_bytes), str(start_at)], stdout=subprocess.PIPE)
-               for n in shares[1:]]
-    results = asyncio.run(_clients(url, shares[0], seconds, frame_bytes, start_at))
+    start_at = time.time() + 3 + streams / 200  # everyone connects first
+    starts = [start_at + spread_ms / 1000 * i / streams for i in range(streams)]
+    shares = [starts[i::procs] for i in range(procs)]
+    workers = [subprocess.Popen([sys.executable, __file__, "--worker", url, str(seconds), str(frame_bytes),
+                                 json.dumps(share)], stdout=subprocess.PIPE)
+               for share in shares[1:]]
+    results = asyncio.run(_clients(url, seconds, frame_bytes, shares[0]))
     for worker in workers:
         output, _ = worker.communicate(timeout=seconds + 120)
         results += json.loads(output)
@@ -110,7 +113,8 @@ def run_level(url: str, streams: int, seconds: float, frame_ms: int, procs: int,
             "ttf_p99_ms": percentile(ttf, 99), "ttf_max_ms": percentile(ttf, 100),
             "realtime_streams": realtime, "errors": len(errors), "first_error": errors[0] if errors else None,
             "max_send_late_ms": round(max(r["late_ms"] for r in results), 1),
-            "mean_interims": round(sum(r["interims"] for r in results) / len(results), 1)}
+            "mean_interims": round(sum(r["interims"] for r in results) / len(results), 1),
+            **({"start_spread_ms": spread_ms} if spread_ms else {})}
 
 
 @click.command()
@@ -121,13 +125,15 @@ def run_level(url: str, streams: int, seconds: float, frame_ms: int, procs: int,
 @click.option("--procs", default=4, show_default=True, help="client processes")
 @click.option("--realtime-ttf-ms", default=500.0, show_default=True,
               help="a stream whose final takes longer did not keep up")
+@click.option("--spread-ms", default=0.0, show_default=True,
+              help="start the streams evenly over this window instead of together")
 @click.option("--json-out", type=click.Path(dir_okay=False), default=None)
 def main(url: str, streams: str, seconds: float, frame_ms: int, procs: int, realtime_ttf_ms: float,
-         json_out: str | None) -> None:
+         spread_ms: float, json_out: str | None) -> None:
     """Open N concurrent real-time streams against URL and report time to final."""
     rows = []
     for count in (int(n) for n in streams.split(",")):
-        row = run_level(url, count, seconds, frame_ms, procs, realtime_ttf_ms)
+        row = run_level(url, count, seconds, frame_ms, procs, realtime_ttf_ms, spread_ms)
         rows.append(row)
         click.echo(json.dumps(row), err=False)
     if json_out:
@@ -137,8 +143,7 @@ def main(url: str, streams: str, seconds: float, frame_ms: int, procs: int, real
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--worker"]:  # one client process of a multi-process level
-        url, count, seconds, frame_bytes, start_at = sys.argv[2:7]
-        print(json.dumps(asyncio.run(_clients(url, int(count), float(seconds), int(frame_bytes),
-                                              float(start_at)))))
+        url, seconds, frame_bytes, starts = sys.argv[2:6]
+        print(json.dumps(asyncio.run(_clients(url, float(seconds), int(frame_bytes), json.loads(starts)))))
     else:
         main()

@@ -6,7 +6,8 @@
 # Through the device tool (carry [".whl"]), for example:
 #   bash bench/device_run.sh asr tts            # about 8 minutes on an H200
 #   bash bench/device_run.sh tts-probes asr-profile
-# Parts: asr (eager and graphs, 1-512 streams), tts (CFG and no CFG, 1/16/64 streams, 3 rounds),
+# Parts: asr (eager and graphs, 1-512 streams), asr-spread (graphs, starts spread over one 160 ms
+# chunk), tts (CFG and no CFG, 1/16/64 streams, 3 rounds),
 # tts-probes (first audio in process, continuous-batching costs), asr-profile (512-stream step).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -17,6 +18,8 @@ for part in "$@"; do
     case $part in
         asr) timeout 330 python bench/asr_bench.py --model /tmp/asr-real.nemo --out "$results/asr" 2>&1 |
                  tail -14 ;;
+        asr-spread) timeout 200 python bench/asr_bench.py --model /tmp/asr-real.nemo --modes graphs \
+                        --streams 256,512 --spread-ms 160 --out "$results/asr-spread" 2>&1 | tail -5 ;;
         tts) timeout 300 python bench/tts_bench.py --model /tmp/tts-real.nemo --configs cfg,no-cfg \
                  --streams 1,16,64 --repeats 3 --out "$results/tts" 2>&1 | grep -v '^{' | tail -10 ;;
         tts-probes)
