@@ -94,7 +94,7 @@ class UtteranceText:
         from nemo.collections.common.tokenizers.aggregate_tokenizer import AggregateTokenizer
 
         self.decoding = decoding
-        self.tokens: list[int] = []
+        self.tokens: list[int] = []  # kept for a tokenizer that decodes ids as a whole
         self.pieces: list[str] = []
         # an aggregate (multilingual) tokenizer decodes ids as a whole
         self._whole = isinstance(getattr(decoding, "tokenizer", None), AggregateTokenizer)
@@ -102,8 +102,8 @@ class UtteranceText:
     def add(self, tokens: list[int]) -> str:
         """Append ``tokens``; the utterance's whole text."""
         decoding = self.decoding
-        self.tokens.extend(tokens)
         if self._whole:
+            self.tokens.extend(tokens)
             return decoding.decode_tokens_to_str_with_strip_punctuation(self.tokens).strip()
         self.pieces.extend(decoding.decode_ids_to_tokens(tokens))
         text = decoding.decode_tokens_to_str(self.pieces)

@@ -52,7 +52,7 @@ class _Stream:
     total: int = 0
     consumed: int = 0  # mel frames already given to the encoder
     started: bool = False
-    words: UtteranceText | None = None  # the utterance's tokens and text, from its first token on
+    words: UtteranceText | None = None  # the utterance's text, grown token by token (None before any)
     text: str = ""
     finalizing: bool = False
     backlog: deque = field(default_factory=deque)

@@ -45,7 +45,7 @@ class ContinuousBatch:
         self.model = speech.model
         self.static = speech.static
         self.cfg = speech.use_cfg
-        self.rows_per_item = 2 if self.cfg else 1
+        self.rows_per_item = speech.rows_per_utterance
         self.items: list[_Item] = []
         params = self.model.inference_parameters
         self.params = params

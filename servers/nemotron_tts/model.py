@@ -60,6 +60,7 @@ class SpeechModel:
         if max_frames:
             self.model.inference_parameters.max_decoder_steps = max_frames
         self.use_cfg = use_cfg
+        self.rows_per_utterance = 2 if use_cfg else 1  # decoder rows: CFG adds an unconditional one
         self.kv_cache = kv_cache
         from . import prior
 
@@ -90,7 +91,7 @@ class SpeechModel:
             return None
         context = int(self.model._baked_embedding_T.item())
         positions = context + self.model.inference_parameters.max_decoder_steps + 2
-        rows = max_batch * (2 if self.use_cfg else 1)
+        rows = max_batch * self.rows_per_utterance
         return StaticDecoder(self.model, rows, positions, graphs=graphs)
 
     def _languages(self) -> dict[str, str]:
@@ -112,7 +113,7 @@ class SpeechModel:
             return 0
         params = self.model.inference_parameters
         argmax_temperature = self.model.chunked_inference_config.argmax_temperature
-        rows = max_batch * (2 if self.use_cfg else 1)
+        rows = max_batch * self.rows_per_utterance
         return (self.sampler.capture_all(max_batch, self.model.cfg.decoder.d_model, params.temperature,
                                          params.topk, self.use_cfg, params.cfg_scale)
                 + self.code_sampler.capture_all(max_batch, argmax_temperature, 1)
