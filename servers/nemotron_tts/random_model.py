@@ -6,9 +6,9 @@ context embeddings for five speakers), so the server takes the same path as with
 ``tiny`` is for CPU tests; ``real`` has the shape of nvidia/magpie_tts_multilingual_357m (768-d,
 6-layer text encoder, 12-layer decoder, autoregressive local transformer, 22.05 kHz, 1024 samples
 per frame, 8 codebooks) and a codec decoder the size of NeMo's low-frame-rate 22.05 kHz speech codec
-(1024 base channels, residual kernels 3/7/11 with dilations 1/3/5, from its training config), since
-the codec runs in every streamed chunk. Character tokenizers stand in for the G2P dictionaries,
-which are not available offline.
+(1024 base channels as in its training config, NeMo's default residual kernels 3/7/11 with dilations
+1/3/5), an approximation of the released NanoCodec, since the codec runs in every streamed chunk.
+Character tokenizers stand in for the G2P dictionaries, which are not available offline.
 
     python -m nemotron_tts.random_model OUT.nemo --shape tiny
 """
