@@ -35,6 +35,8 @@ CONFIGS = {"cfg": ["--cfg"], "no-cfg": ["--no-cfg"],
            "cfg-nemo-step": ["--cfg", "--no-static-decoder"],
            "no-cfg-nemo-step": ["--no-cfg", "--no-static-decoder"],
            "cfg-continuous": ["--cfg", "--continuous-batching"],
+           # each streamed chunk re-decodes the codec's receptive field instead of carrying its states
+           "cfg-windowed-codec": ["--cfg", "--no-carried-codec"],
            "no-cfg-continuous": ["--no-cfg", "--continuous-batching"]}
 
 

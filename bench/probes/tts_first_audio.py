@@ -19,7 +19,6 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "servers"))
 
-from nemotron_tts.codec import decode_windows  # noqa: E402
 from nemotron_tts.model import SpeechModel, Stopped, Utterance  # noqa: E402
 
 TEXT = "Hello there, this is a short reply from the voice agent, spoken as soon as possible."
@@ -35,7 +34,7 @@ def first_audio(model: SpeechModel) -> dict[str, float]:
         decoder.push(codes)
         if "frame" not in marks:
             marks["frame"] = time.perf_counter()
-            decode_windows(model.decode, [decoder.window()])[0].cpu()
+            model.codec.decode([decoder.window()])
             marks["audio"] = time.perf_counter()
             raise Stopped
 

@@ -1,14 +1,18 @@
 """Incremental codec decoding whose chunk seams are exact by construction.
 
 The codec decoder is a stack of convolutions, so each output frame depends only on a fixed window of
-code frames around it. :func:`receptive_field` measures that window once at load; a
-:class:`StreamDecoder` then decodes each new chunk together with enough earlier (and, for a
-non-causal decoder, later) frames that every sample it sends is the sample a whole-utterance decode
-would produce. Nothing is cross-faded or smoothed at the seams because nothing needs to be.
+code frames around it. A :class:`StreamDecoder` cuts an utterance's growing codes into chunks, and a
+codec decodes them so that every sample sent is the sample a whole-utterance decode would produce:
+:class:`WindowedCodec` (any codec) decodes each chunk together with enough earlier (and, for a
+non-causal decoder, later) frames, as measured once at load by :func:`receptive_field`;
+``codec_states.CarriedStateCodec`` (a causal HiFi-GAN codec, the NanoCodec's kind) carries each
+convolution's state from chunk to chunk instead. Nothing is cross-faded or smoothed at the seams
+because nothing needs to be.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -49,6 +53,8 @@ class Window:
     offset: int  # first sample of the chunk in the decoded window
     samples: int  # samples of the chunk
     end: int  # frames sent once the chunk is out
+    slot: int = 0  # the stream's carried codec state (CarriedStateCodec only)
+    first: bool = False  # the stream's first chunk
 
 
 class StreamDecoder:
@@ -59,6 +65,8 @@ class StreamDecoder:
         self.samples_per_frame = samples_per_frame
         self.codes: torch.Tensor | None = None  # (codebooks, frames) generated so far
         self.sent = 0  # frames whose audio has been handed out
+        self.slot = 0
+        self.close: Callable[[], object] = lambda: None  # gives a carried state's slot back
 
     @property
     def total(self) -> int:
@@ -79,21 +87,43 @@ class StreamDecoder:
         start = max(0, self.sent - self.context.left)
         stop = min(self.total, end + self.context.right)
         spf = self.samples_per_frame
-        chunk = Window(self.codes[:, start:stop], (self.sent - start) * spf, (end - self.sent) * spf, end)
+        chunk = Window(self.codes[:, start:stop], (self.sent - start) * spf, (end - self.sent) * spf, end,
+                       self.slot, self.sent == 0)
         self.sent = end
         return chunk
 
 
-def decode_windows(decode, windows: list[Window]) -> list[torch.Tensor]:
-    """Each window's chunk audio, on the CPU; windows of one length share one codec call and one
-    device-to-host copy (the usual case: utterances of one batch advance a frame per step together)."""
+def decode_windows(decode: Callable[[torch.Tensor, list[Window]], torch.Tensor],
+                   windows: list[Window]) -> list[torch.Tensor]:
+    """Each window's chunk audio, on the CPU; windows of one length share one ``decode(codes, group)``
+    call and one device-to-host copy (the usual case: utterances of one batch advance a frame per
+    step together)."""
     audio: list[torch.Tensor | None] = [None] * len(windows)
     by_length: dict[int, list[int]] = {}
     for index, window in enumerate(windows):
         by_length.setdefault(window.codes.shape[-1], []).append(index)
     for indices in by_length.values():
-        decoded = decode(torch.stack([windows[i].codes for i in indices])).float().cpu()
-        for row, index in enumerate(indices):
-            window = windows[index]
-            audio[index] = decoded[row, window.offset:window.offset + window.samples]
+        group = [windows[i] for i in indices]
+        decoded = decode(torch.stack([window.codes for window in group]), group).float().cpu()
+        for row, window in enumerate(group):
+            audio[indices[row]] = decoded[row, window.offset:window.offset + window.samples]
     return audio
+
+
+class WindowedCodec:
+    """Any codec: each chunk is decoded with its receptive field around it."""
+
+    def __init__(self, decode: Callable[[torch.Tensor], torch.Tensor], context: Context,
+                 samples_per_frame: int) -> None:
+        self._decode = decode
+        self.context = context
+        self.samples_per_frame = samples_per_frame
+
+    def describe(self) -> str:
+        return f"chunks decoded with {self.context.left} frames before, {self.context.right} after"
+
+    def stream(self) -> StreamDecoder:
+        return StreamDecoder(self.context, self.samples_per_frame)
+
+    def decode(self, windows: list[Window]) -> list[torch.Tensor]:
+        return decode_windows(lambda codes, _group: self._decode(codes), windows)

@@ -26,6 +26,9 @@ class TTSConfig:
                                    "instead of NeMo's growing ones; needs kv_cache")
     continuous_batching: bool = setting(False, "segments join the running batch at any decoder step "
                                         "(needs static_decoder; measured slower on an H200 so far)")
+    carried_codec: bool = setting(True, "streamed chunks decode only their new frames, carrying the codec's "
+                                  "convolution states (a causal HiFi-GAN codec); off: each chunk re-decodes "
+                                  "its receptive field")
     max_frames: int = setting(0, "codec frames per sentence at most (0 = the model's own limit)")
     max_batch: int = setting(16, "most segments generated together in one batch", check=positive)
     gather_ms: float = setting(5.0, "an idle engine gathers a burst of segments in steps of this long "

@@ -24,7 +24,7 @@ import torch
 from loguru import logger
 
 from .audio import duration_ms, to_pcm16
-from .codec import StreamDecoder, decode_windows
+from .codec import StreamDecoder
 from .model import SpeechModel, Utterance
 
 
@@ -254,6 +254,7 @@ class Engine:
     def _fail(self, running: list[_Running], exc: Exception) -> None:
         logger.opt(exception=exc).error(f"generation failed for a batch of {len(running)}: {exc}")
         for r in running:
+            r.decoder.close()
             r.job.on_done(0.0, f"speech generation failed: {exc}")
         if isinstance(exc, torch.cuda.OutOfMemoryError):
             torch.cuda.empty_cache()
@@ -274,11 +275,12 @@ class Engine:
         windows = [(job, window) for job, window in windows if window is not None]
         self._send_windows([job for job, _ in windows], [window for _, window in windows])
         for r in final:
+            r.decoder.close()
             r.job.on_done(duration_ms(r.job.sent_bytes, self.model.sample_rate), None)
         return [r for r in running if r not in final]
 
     def _send_windows(self, jobs: list[Job], windows: list) -> None:
-        for job, audio in zip(jobs, decode_windows(self.model.decode, windows), strict=True):
+        for job, audio in zip(jobs, self.model.codec.decode(windows), strict=True):
             if audio.numel():
                 pcm = to_pcm16(audio)
                 job.sent_bytes += len(pcm)

@@ -19,7 +19,7 @@ import torch
 from loguru import logger
 from nemotron_common.devices import pick_device
 
-from .codec import Context, StreamDecoder, receptive_field
+from .codec import StreamDecoder, WindowedCodec, receptive_field
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -40,7 +40,7 @@ class Utterance:
 class SpeechModel:
     def __init__(self, path: Path, device: str = "auto", use_cfg: bool = True, kv_cache: bool = True,
                  max_frames: int = 0, codec: Path | None = None, cuda_graphs: bool = True,
-                 max_batch: int = 16, static_decoder: bool = True) -> None:
+                 max_batch: int = 16, static_decoder: bool = True, carried_codec: bool = True) -> None:
         from nemo.collections.tts.models import MagpieTTSModel
         from nemotron_common import nemo_fixes
         from nemotron_common.logs import adopt
@@ -79,9 +79,8 @@ class SpeechModel:
         self.samples_per_frame = int(self.model.codec_model_samples_per_frame)
         self.speakers = int(self.model.num_baked_speakers)
         self.languages = self._languages()
-        self.context: Context = receptive_field(self.decode, self.model.num_audio_codebooks,
-                                                self.model.codebook_size, self.device)
-        logger.info(f"codec context: {self.context.left} frames before, {self.context.right} after")
+        self.codec = self._stream_codec(max_batch, carried_codec)
+        logger.info(f"streamed codec: {self.codec.describe()}")
 
     def _static_decoder(self, max_batch: int, graphs: bool):
         from .decoder_step import StaticDecoder, supported
@@ -93,6 +92,18 @@ class SpeechModel:
         positions = context + self.model.inference_parameters.max_decoder_steps + 2
         rows = max_batch * self.rows_per_utterance
         return StaticDecoder(self.model, rows, positions, graphs=graphs)
+
+    def _stream_codec(self, max_batch: int, carried: bool):
+        from .codec_states import CarriedStateCodec, unsupported
+
+        helper = self.model._codec_helper
+        if carried and not (reason := unsupported(helper.codec_model)):
+            return CarriedStateCodec(helper, self.samples_per_frame, self.device, slots=max_batch)
+        if carried:
+            logger.info(f"codec states cannot be carried between chunks: {reason}")
+        context = receptive_field(self.decode, self.model.num_audio_codebooks, self.model.codebook_size,
+                                  self.device)
+        return WindowedCodec(self.decode, context, self.samples_per_frame)
 
     def _languages(self) -> dict[str, str]:
         """Language code -> tokenizer name, for every language this checkpoint can speak."""
@@ -140,7 +151,7 @@ class SpeechModel:
         return audio.float()
 
     def stream_decoder(self) -> StreamDecoder:
-        return StreamDecoder(self.context, self.samples_per_frame)
+        return self.codec.stream()
 
     @torch.inference_mode()
     def generate(self, utterances: list[Utterance], on_step: Callable[[], None] | None = None) -> None:

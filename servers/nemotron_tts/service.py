@@ -44,7 +44,8 @@ class TTSService(EngineService):
         model = SpeechModel(self.model_path, self.config.device, use_cfg=self.config.cfg,
                             kv_cache=self.config.kv_cache, max_frames=self.config.max_frames,
                             codec=self.codec_path, cuda_graphs=self.config.cuda_graphs,
-                            max_batch=self.config.max_batch, static_decoder=self.config.static_decoder)
+                            max_batch=self.config.max_batch, static_decoder=self.config.static_decoder,
+                            carried_codec=self.config.carried_codec)
         if model.speakers < len(self.config.voice_names):
             raise ValueError(f"the model has {model.speakers} baked speakers but voices names "
                              f"{len(self.config.voice_names)}")

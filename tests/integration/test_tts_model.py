@@ -4,7 +4,8 @@ import threading
 
 import pytest
 import torch
-from nemotron_tts.codec import decode_windows
+from nemotron_tts.codec import WindowedCodec, receptive_field
+from nemotron_tts.codec_states import CarriedStateCodec, unsupported
 from nemotron_tts.engine import PRESETS
 from nemotron_tts.model import SpeechModel, Utterance
 
@@ -49,23 +50,88 @@ def test_kv_cache_and_cfg_leave_nemo_usable(tiny_tts_model, plain):
     assert int(length[0]) > 0
 
 
+def windowed(model):
+    context = receptive_field(model.decode, model.model.num_audio_codebooks, model.model.codebook_size,
+                              model.device)
+    return WindowedCodec(model.decode, context, model.samples_per_frame)
+
+
 @pytest.mark.parametrize("preset", sorted(PRESETS))
-def test_streamed_audio_equals_whole_decode_at_every_seam(plain, preset):
+@pytest.mark.parametrize("kind", ["carried", "windowed"])
+def test_streamed_audio_equals_whole_decode_at_every_seam(plain, preset, kind):
+    codec = plain.codec if kind == "carried" else windowed(plain)
+    assert isinstance(plain.codec, CarriedStateCodec)  # the tiny codec is a causal HiFi-GAN, as NanoCodec
     codes = generate(plain, TEXT + " And a little more text to make it long.", seed=1)
     whole = plain.decode(codes.unsqueeze(0))[0]
-    decoder, pieces = plain.stream_decoder(), []
+    decoder, pieces = codec.stream(), []
     target = PRESETS[preset].first_frames
     for index in range(codes.shape[-1]):
         decoder.push(codes[:, index:index + 1])
         if decoder.ready() >= target:
-            pieces += decode_windows(plain.decode, [decoder.window()])
+            pieces += codec.decode([decoder.window()])
             target = PRESETS[preset].chunk_frames
     final = decoder.window(final=True)
-    pieces += decode_windows(plain.decode, [final]) if final else []
+    pieces += codec.decode([final]) if final else []
     assert len(pieces) > 2
     streamed = torch.cat(pieces)
     assert streamed.shape == whole.shape
     assert (streamed - whole).abs().max() < 1e-5
+
+
+def stream_in_chunks(codec, codes, sizes, together):
+    """Each utterance of ``codes`` cut into chunks of ``sizes[i]`` frames, decoded in one call per
+    round (``together``) or one call per chunk; returns each utterance's audio."""
+    decoders = [codec.stream() for _ in codes]
+    pieces: list[list[torch.Tensor]] = [[] for _ in codes]
+    for round_ in range(max(-(-c.shape[-1] // n) for c, n in zip(codes, sizes, strict=True))):
+        active = []
+        for i, (decoder, frames) in enumerate(zip(decoders, codes, strict=True)):
+            chunk = frames[:, round_ * sizes[i]:(round_ + 1) * sizes[i]]
+            if chunk.shape[-1]:
+                decoder.push(chunk)
+                active.append((i, decoder.window(final=True)))
+        if together:
+            audio = codec.decode([window for _, window in active])
+        else:
+            audio = [codec.decode([window])[0] for _, window in active]
+        for (i, _), piece in zip(active, audio, strict=True):
+            pieces[i].append(piece)
+    for decoder in decoders:
+        decoder.close()
+    return [torch.cat(p) for p in pieces]
+
+
+def test_carried_states_keep_streams_of_one_call_apart(plain):
+    codes = [generate(plain, TEXT, speaker=i, seed=i)[:, :11 + i] for i in range(3)]
+    sizes = [2, 3, 2]  # rounds where chunks of two lengths share a call
+    together = stream_in_chunks(plain.codec, codes, sizes, together=True)
+    alone = stream_in_chunks(plain.codec, codes, sizes, together=False)
+    for frames, a, b in zip(codes, together, alone, strict=True):
+        whole = plain.decode(frames.unsqueeze(0))[0]
+        assert a.shape == whole.shape
+        assert (a - whole).abs().max() < 1e-5
+        assert (b - whole).abs().max() < 1e-5
+
+
+def test_carried_state_slots_are_reused_and_grow(plain):
+    codec = CarriedStateCodec(plain.model._codec_helper, plain.samples_per_frame, plain.device, slots=1)
+    codes = [generate(plain, TEXT, speaker=i, seed=i)[:, :7] for i in range(3)]
+    first = stream_in_chunks(codec, codes[:1], [3], together=True)[0]
+    assert codec.states.capacity == 1
+    # The closed stream's slot holds its last state; a new stream there must start from silence.
+    for frames, audio in zip(codes, stream_in_chunks(codec, codes, [2, 2, 2], together=True), strict=True):
+        assert (audio - plain.decode(frames.unsqueeze(0))[0]).abs().max() < 1e-5
+    assert codec.states.capacity >= 3
+    assert (first - plain.decode(codes[0].unsqueeze(0))[0]).abs().max() < 1e-5
+
+
+def test_codecs_that_cannot_carry_states_are_named():
+    from nemo.collections.tts.modules.audio_codec_modules import HiFiGANDecoder
+
+    class Codec:
+        audio_decoder = HiFiGANDecoder(input_dim=4, up_sample_rates=(2,), base_channels=4)
+
+    assert "not a CausalHiFiGANDecoder" in unsupported(Codec())
 
 
 def test_cancel_stops_generation_at_the_next_step(plain):
@@ -110,16 +176,17 @@ def test_static_local_sampler_draws_the_codes_nemo_draws(plain, use_cfg, forbid_
 
 
 def test_windows_decoded_together_equal_windows_decoded_alone(plain):
+    codec = windowed(plain)
     codes = [generate(plain, TEXT, speaker=i, seed=i) for i in range(3)]
-    decoders = [plain.stream_decoder() for _ in codes]
+    decoders = [codec.stream() for _ in codes]
     for decoder, frames in zip(decoders, codes, strict=True):
         decoder.push(frames[:, :12])
         decoder.window()  # the first chunk, so the next windows carry left context
         decoder.push(frames[:, 12:15])
     windows = [decoder.window() for decoder in decoders]
-    together = decode_windows(plain.decode, windows)
+    together = codec.decode(windows)
     for window, audio in zip(windows, together, strict=True):
-        alone = decode_windows(plain.decode, [window])[0]
+        alone = codec.decode([window])[0]
         assert audio.shape == alone.shape == (3 * plain.samples_per_frame,)
         assert (audio - alone).abs().max() < 1e-5
 
