@@ -122,6 +122,9 @@ class WindowedCodec:
     def describe(self) -> str:
         return f"chunks decoded with {self.context.left} frames before, {self.context.right} after"
 
+    def capture_all(self, max_batch: int) -> int:
+        return 0  # window lengths vary with the codec: nothing to capture ahead
+
     def stream(self) -> StreamDecoder:
         return StreamDecoder(self.context, self.samples_per_frame)
 

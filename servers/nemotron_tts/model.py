@@ -79,7 +79,7 @@ class SpeechModel:
         self.samples_per_frame = int(self.model.codec_model_samples_per_frame)
         self.speakers = int(self.model.num_baked_speakers)
         self.languages = self._languages()
-        self.codec = self._stream_codec(max_batch, carried_codec)
+        self.codec = self._stream_codec(max_batch, carried_codec, cuda_graphs)
         logger.info(f"streamed codec: {self.codec.describe()}")
 
     def _static_decoder(self, max_batch: int, graphs: bool):
@@ -93,12 +93,13 @@ class SpeechModel:
         rows = max_batch * self.rows_per_utterance
         return StaticDecoder(self.model, rows, positions, graphs=graphs)
 
-    def _stream_codec(self, max_batch: int, carried: bool):
+    def _stream_codec(self, max_batch: int, carried: bool, graphs: bool):
         from .codec_states import CarriedStateCodec, unsupported
 
         helper = self.model._codec_helper
         if carried and not (reason := unsupported(helper.codec_model)):
-            return CarriedStateCodec(helper, self.samples_per_frame, self.device, slots=max_batch)
+            return CarriedStateCodec(helper, self.samples_per_frame, self.device, slots=max_batch,
+                                     graphs=graphs)
         if carried:
             logger.info(f"codec states cannot be carried between chunks: {reason}")
         context = receptive_field(self.decode, self.model.num_audio_codebooks, self.model.codebook_size,
@@ -119,7 +120,8 @@ class SpeechModel:
         return found
 
     def capture(self, max_batch: int) -> int:
-        """Capture the per-frame sampling for every batch bucket; returns the graph count."""
+        """Capture the per-frame sampling and the streamed codec calls for every batch bucket;
+        returns the graph count."""
         if self.sampler is None:
             return 0
         params = self.model.inference_parameters
@@ -128,7 +130,8 @@ class SpeechModel:
         return (self.sampler.capture_all(max_batch, self.model.cfg.decoder.d_model, params.temperature,
                                          params.topk, self.use_cfg, params.cfg_scale)
                 + self.code_sampler.capture_all(max_batch, argmax_temperature, 1)
-                + (self.static.capture_all(rows) if self.static else 0))
+                + (self.static.capture_all(rows) if self.static else 0)
+                + self.codec.capture_all(max_batch))
 
     def describe(self) -> str:
         if self.device.type == "cuda":

@@ -52,7 +52,7 @@ class TTSService(EngineService):
         logger.info(f"model loaded in {time.monotonic() - started:.1f} s: {model.sample_rate} Hz, "
                     f"languages {', '.join(model.languages)}")
         if graphs := model.capture(self.config.max_batch):
-            logger.info(f"captured {graphs} CUDA graphs of the decoder step and sampling")
+            logger.info(f"captured {graphs} CUDA graphs of the decoder step, sampling and codec")
         catalog = Catalog(self.config.voice_names, self.config.default_voice.lower(), list(model.languages),
                           model.tokenize)
         self.engine = Engine(model, self.config.max_batch, seed=self.config.seed,
