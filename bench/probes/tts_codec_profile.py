@@ -55,14 +55,14 @@ def chunk_call(codec, batch: int, frames: int, codes: torch.Tensor, decoders: li
 
 
 def seam_check(model: SpeechModel, codec) -> float:
-    """Largest gap between three streams decoded chunk by chunk (1, 2, 4 and 3 frames; the last
+    """Largest gap between three streams decoded chunk by chunk (1, 2, 4 and 13 frames; the last
     chunk eager, as more than GRAPH_FRAMES would be) and each one's whole decode."""
-    codes = torch.randint(0, model.model.codebook_size, (3, model.model.num_audio_codebooks, 10),
+    codes = torch.randint(0, model.model.codebook_size, (3, model.model.num_audio_codebooks, 20),
                           device=model.device)
     decoders = [codec.stream() for _ in range(3)]
     pieces: list[list[torch.Tensor]] = [[], [], []]
     start = 0
-    for frames in (1, 2, 4, 3):
+    for frames in (1, 2, 4, 13):
         for decoder, utterance in zip(decoders, codes, strict=True):
             decoder.push(utterance[:, start:start + frames])
         for piece, audio in zip(pieces, codec.decode([d.window(final=True) for d in decoders]), strict=True):
