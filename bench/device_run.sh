@@ -8,7 +8,8 @@
 #   bash bench/device_run.sh tts-probes asr-profile
 # Parts: asr (eager and graphs, 1-512 streams), asr-spread (graphs, starts spread over one 160 ms
 # chunk), tts (CFG and no CFG, 1/16/64 streams, 3 rounds),
-# tts-codec (carried codec states against windowed decoding: probe and bench, CFG),
+# tts-codec (codec call: carried states, eager and graphs, against windowed), tts-codec-served
+# (served with carried states against windowed, CFG),
 # tts-probes (first audio in process, continuous-batching costs), asr-profile (512-stream step).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -23,11 +24,11 @@ for part in "$@"; do
                         --streams 256,512 --spread-ms 160 --out "$results/asr-spread" 2>&1 | tail -5 ;;
         tts) timeout 300 python bench/tts_bench.py --model /tmp/tts-real.nemo --configs cfg,no-cfg \
                  --streams 1,16,64 --repeats 3 --out "$results/tts" 2>&1 | grep -v '^{' | tail -10 ;;
-        tts-codec)  # the carried-state codec against the windowed one: probe, then both served
-            python bench/probes/tts_codec_profile.py /tmp/tts-real.nemo 2>&1 |
-                tee "$results/tts_codec_profile.txt" | grep '^{'
-            timeout 300 python bench/tts_bench.py --model /tmp/tts-real.nemo --configs cfg,cfg-windowed-codec \
-                --streams 1,16,64 --repeats 3 --out "$results/tts-codec" 2>&1 | grep -v '^{' | tail -10 ;;
+        tts-codec) python bench/probes/tts_codec_profile.py /tmp/tts-real.nemo > "$results/tts_codec.txt" 2>&1
+                   grep -A16 '^{' "$results/tts_codec.txt" ;;
+        tts-codec-served) timeout 300 python bench/tts_bench.py --model /tmp/tts-real.nemo \
+                              --configs cfg,cfg-windowed-codec --streams 1,16,64 --repeats 3 \
+                              --out "$results/tts-codec" 2>&1 | grep -v '^{' | tail -10 ;;
         tts-probes)
             python bench/probes/tts_first_audio.py /tmp/tts-real.nemo 2>&1 | tee "$results/tts_first_audio.txt" |
                 grep '^{'
