@@ -28,6 +28,37 @@ class FrameRequest:
     count: int
 
 
+class _Staging:
+    """Page-locked host buffers, used in turn, for the samples of one batch each.
+
+    A copy from pageable memory may wait for the GPU to reach it in stream order, so the engine
+    could not prepare the next batch while the GPU still runs the last one. A buffer is refilled
+    only once its previous copy has been made.
+    """
+
+    def __init__(self, count: int = 2) -> None:
+        self.buffers: list[torch.Tensor | None] = [None] * count
+        self.copied: list[torch.cuda.Event | None] = [None] * count
+        self.turn = 0
+
+    def take(self, rows: int, span: int) -> tuple[int, torch.Tensor]:
+        turn, self.turn = self.turn, (self.turn + 1) % len(self.buffers)
+        if self.copied[turn] is not None:
+            self.copied[turn].synchronize()
+        buffer = self.buffers[turn]
+        if buffer is None or buffer.numel() < rows * span:
+            buffer = self.buffers[turn] = torch.empty(max(rows * span, 1 << 20), pin_memory=True)
+        view = buffer[:rows * span].view(rows, span)
+        view.zero_()
+        return turn, view
+
+    def to_device(self, turn: int, view: torch.Tensor, device: torch.device) -> torch.Tensor:
+        on_device = view.to(device, non_blocking=True)
+        self.copied[turn] = torch.cuda.Event()
+        self.copied[turn].record(torch.cuda.current_stream(device))
+        return on_device
+
+
 class Featurizer:
     def __init__(self, preprocessor: torch.nn.Module, device: torch.device) -> None:
         featurizer = preprocessor.featurizer
@@ -43,6 +74,7 @@ class Featurizer:
         self.half_window = featurizer.n_fft // 2
         self.lead = math.ceil(self.half_window / self.hop)
         self.sample_rate = int(preprocessor._sample_rate)
+        self._staging = _Staging() if device.type == "cuda" else None
 
     def frames_in(self, samples: int) -> int:
         """Frames the offline preprocessor makes of an utterance of ``samples`` samples."""
@@ -59,7 +91,11 @@ class Featurizer:
     def frames(self, requests: list[FrameRequest], count: int) -> torch.Tensor:
         """Features ``(B, n_mels, count)`` for requests that all ask for ``count`` frames."""
         span = (self.lead + count - 1) * self.hop + self.half_window
-        batch = np.zeros((len(requests), span), dtype=np.float32)
+        if self._staging is None:
+            batch = np.zeros((len(requests), span), dtype=np.float32)
+        else:
+            turn, staged = self._staging.take(len(requests), span)
+            batch = staged.numpy()
         lengths = np.zeros(len(requests), dtype=np.int64)
         for row, request in enumerate(requests):
             start = (request.first - self.lead) * self.hop
@@ -69,7 +105,10 @@ class Featurizer:
                 piece = request.audio[lo - request.audio_origin:end - request.audio_origin]
                 batch[row, lo - start:lo - start + len(piece)] = piece
             lengths[row] = max(end - start, 0)
-        signal = torch.from_numpy(batch).to(self.device, non_blocking=True)
+        if self._staging is None:
+            signal = torch.from_numpy(batch)
+        else:
+            signal = self._staging.to_device(turn, staged, self.device)
         signal_len = torch.from_numpy(lengths).to(self.device, non_blocking=True)
         with torch.inference_mode(), torch.autocast(self.device.type, enabled=False):
             mel, _ = self.preprocessor(input_signal=signal, length=signal_len)
