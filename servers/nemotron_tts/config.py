@@ -20,7 +20,8 @@ class TTSConfig:
     voices: str = setting(VOICES, "voice names for the model's baked speakers, in speaker-index order")
     default_voice: str = setting("aria", "voice used when a request names none")
     cfg: bool = setting(True, "classifier-free guidance (better speech, twice the decoder work)")
-    cuda_graphs: bool = setting(True, "replay the local transformer's per-frame sampling from CUDA graphs")
+    cuda_graphs: bool = setting(True, "replay the decoder step, per-frame sampling and codec calls from CUDA "
+                                     "graphs (CUDA only)")
     kv_cache: bool = setting(True, "reuse the decoder's attention keys and values across steps")
     static_decoder: bool = setting(True, "decoder steps on fixed-size caches (graph-captured on CUDA) "
                                    "instead of NeMo's growing ones; needs kv_cache")
