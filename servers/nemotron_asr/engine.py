@@ -29,15 +29,9 @@ from loguru import logger
 from .decoder import UtteranceText
 from .featurizer import FrameRequest
 from .model import StepOutput, StreamingModel
+from .results import Result, deliver_all
 
 FINAL_KINDS = ("final", "final_first")
-
-
-@dataclass
-class Result:
-    kind: str  # "interim", "final" (hard reset), "current" (soft reset) or "error"
-    text: str
-    audio_ms: float = 0.0  # audio in the utterance so far
 
 
 @dataclass
@@ -62,11 +56,6 @@ class _Stream:
             fed = np.frombuffer(b"".join(self.pending), dtype="<i2").astype(np.float32) / 32768.0
             self.audio = np.concatenate([self.audio, fed])
             self.pending = []
-
-
-def _deliver_all(batch: list[tuple[Callable[[Result], None], Result]]) -> None:
-    for deliver, result in batch:
-        deliver(result)
 
 
 @dataclass
@@ -350,7 +339,7 @@ class Engine:
             else:
                 by_loop.setdefault(stream.loop, []).append((stream.deliver, result))
         for loop, batch in by_loop.items():
-            loop.call_soon_threadsafe(_deliver_all, batch)
+            loop.call_soon_threadsafe(deliver_all, batch)
 
     def _drop_used_audio(self, stream: _Stream) -> None:
         keep_from = self.model.featurizer.oldest_sample_needed(stream.consumed - self.model.pre)

@@ -15,7 +15,8 @@ from loguru import logger
 from . import protocol
 
 if TYPE_CHECKING:
-    from .engine import Engine, Result
+    from .engine import Engine
+    from .results import Result
 
 
 class Session:

@@ -2,8 +2,10 @@
 
 import asyncio
 import json
+import os
 import signal
 import time
+from pathlib import Path
 
 import pytest
 from helpers.asr_client import ASRClient, pcm_as_float, to_pcm
@@ -222,3 +224,35 @@ def test_sigterm_drains_open_sessions_with_their_final(tiny_asr_model, offline):
     assert code == 1001
     fields = proc.notify.fields()
     assert "STOPPING=1" in fields and fields.index("STOPPING=1") > fields.index("READY=1")
+
+
+def engine_process_of(pid: int) -> int:
+    """The pid of the server's engine process (the child multiprocessing spawned; another child
+    may be multiprocessing's resource tracker)."""
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    spawned = [int(c) for c in children if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()]
+    assert len(spawned) == 1, children
+    return spawned[0]
+
+
+def test_a_dead_engine_process_fails_open_sessions_and_the_service(tiny_asr_model):
+    proc = ServerProcess("nemotron_asr", ["--model", str(tiny_asr_model), "--max-sessions", "2"])
+    proc.wait_ready()
+
+    async def scenario():
+        client = await ASRClient.open(proc.ws_url)
+        await client.send_audio(clip(0.5, 4))
+        os.kill(engine_process_of(proc.process.pid), signal.SIGKILL)
+        while True:  # interims may come first
+            message = await client.receive(timeout=15)
+            if message["type"] == "error":
+                return message["message"]
+
+    try:
+        message = run(scenario())
+        code = proc.process.wait(30)
+    finally:
+        proc.terminate()
+    assert "speech recognition engine failed" in message and "exit code -9" in message
+    assert code != 0
+    assert "engine failed" in proc.log()

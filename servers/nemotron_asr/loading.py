@@ -1,0 +1,69 @@
+"""Load the model, start the engine and warm it up: what the engine process does before READY."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+from loguru import logger
+
+from .config import ASRConfig
+from .engine import Engine
+from .results import Result
+
+LOAD_BUDGET_S = 600  # start time systemd grants per loading stage
+GRAPH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+
+
+def load_engine(config: ASRConfig, model_path: Path,
+                progress: Callable[[str, float], None]) -> tuple[Engine, str, float]:
+    """A running, warmed-up engine, the device it runs on and the warmup's seconds."""
+    from nemotron_common import nemo_fixes
+    from nemotron_common.gpu import wait_for_devices
+
+    from .model import StreamingModel, log_device
+
+    wait_for_devices(config.device, progress)
+    log_device()
+    progress(f"loading {model_path.name}", LOAD_BUDGET_S)
+    started = time.monotonic()
+    model = StreamingModel(model_path, config.right_context, config.device, config.dtype,
+                           max_streams=config.max_sessions, cuda_graphs=config.cuda_graphs,
+                           graph_buckets=tuple(b for b in GRAPH_BUCKETS if b <= config.max_batch))
+    logger.info(f"model loaded in {time.monotonic() - started:.1f} s")
+    model.capture(progress)
+    engine = Engine(model, config.max_batch, timed_steps=config.step_timing)
+    engine.start()
+    streams = config.warmup_streams or min(config.max_batch, config.max_sessions)
+    progress(f"warming up with {streams} streams", LOAD_BUDGET_S)
+    warm_s = warm_up(engine, streams)
+    nemo_fixes.check_interned_bytes()
+    return engine, model.describe(), warm_s
+
+
+def warm_up(engine: Engine, streams: int) -> float:
+    """Run every step kind on ``streams`` real streams so kernels and memory are claimed."""
+    started = time.monotonic()
+    done = threading.Semaphore(0)
+    rng = np.random.default_rng(0)
+
+    def deliver(result: Result) -> None:
+        if result.kind in ("final", "error"):
+            done.release()
+
+    seconds = 3 * engine.model.chunk_ms / 1000 + 0.05
+    pcm = (rng.standard_normal(int(16000 * seconds)) * 3000).astype("<i2").tobytes()
+    ids = [engine.open(deliver) for _ in range(streams)]
+    for stream_id in ids:
+        engine.feed(stream_id, pcm)
+        engine.finalize(stream_id)
+    for _ in ids:
+        if not done.acquire(timeout=LOAD_BUDGET_S) or engine.failed.is_set():
+            raise RuntimeError("warmup did not finish")
+    for stream_id in ids:
+        engine.close(stream_id)
+    engine.model.synchronize()
+    return time.monotonic() - started
