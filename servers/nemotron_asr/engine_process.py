@@ -229,8 +229,9 @@ def _send_results(conn: Connection, engine, results: queue.SimpleQueue) -> None:
         try:
             if batch:
                 conn.send(("results", batch))
-            if engine.failed.is_set():
-                conn.send(("failed", "the engine thread failed (see the log)"))
+            if not engine.alive():
+                stalled = "failed" if engine.failed.is_set() else "stalled"
+                conn.send(("failed", f"the engine thread {stalled} (see the log)"))
                 return
             if time.monotonic() >= next_stats:
                 conn.send(("stats", engine.stats.summary()))
