@@ -28,8 +28,8 @@ from loguru import logger
 
 from .decoder import UtteranceText
 from .featurizer import FrameRequest
+from .interface import Result, StreamCommands, deliver_all
 from .model import StepOutput, StreamingModel
-from .results import Result, deliver_all
 
 FINAL_KINDS = ("final", "final_first")
 
@@ -102,11 +102,11 @@ class StepStats:
         return out
 
 
-class Engine:
+class Engine(StreamCommands):
     def __init__(self, model: StreamingModel, max_batch: int, timed_steps: bool = False) -> None:
+        super().__init__()
         self.model = model
         self.max_batch = max_batch
-        self._commands: queue.SimpleQueue = queue.SimpleQueue()
         self._early: deque = deque()  # commands taken off the queue mid-tick, applied before the next
         self._streams: dict[int, _Stream] = {}
         self._outgoing: list[tuple[_Stream, Result]] = []  # results not yet handed to their streams
@@ -135,24 +135,6 @@ class Engine:
         stream_id = next(self._ids)
         self._commands.put(("open", stream_id, (deliver, loop)))
         return stream_id
-
-    def feed(self, stream_id: int, pcm16: bytes) -> None:
-        if len(pcm16) % 2:
-            raise ValueError("16-bit PCM comes in whole samples (an even number of bytes)")
-        # Converted on the engine thread, once per step and stream: the caller is usually the event
-        # loop, whose every microsecond per frame competes with the engine for the GIL.
-        self._commands.put(("audio", stream_id, pcm16))
-
-    def finalize(self, stream_id: int) -> None:
-        """Hard reset: a ``final`` result for all audio fed so far, then a fresh utterance."""
-        self._commands.put(("finalize", stream_id, None))
-
-    def current(self, stream_id: int) -> None:
-        """Soft reset: a ``current`` result with the text so far; nothing changes."""
-        self._commands.put(("current", stream_id, None))
-
-    def close(self, stream_id: int) -> None:
-        self._commands.put(("close", stream_id, None))
 
     def alive(self, stall_s: float = 30.0) -> bool:
         return not self.failed.is_set() and time.monotonic() - self.heartbeat < stall_s

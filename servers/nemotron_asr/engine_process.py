@@ -27,17 +27,17 @@ from pathlib import Path
 from loguru import logger
 
 from .config import ASRConfig
-from .results import Result, deliver_all
+from .interface import Result, StreamCommands, deliver_all
 
 STATS_INTERVAL_S = 1.0  # the child's heartbeat, with the step statistics for /health
 
 
-class RemoteEngine:
+class RemoteEngine(StreamCommands):
     def __init__(self, config: ASRConfig, model_path: Path) -> None:
+        super().__init__()
         self.config, self.model_path = config, model_path
         self._ids = itertools.count(1)
         self._streams: dict[int, tuple[Callable[[Result], None], asyncio.AbstractEventLoop | None]] = {}
-        self._commands: queue.SimpleQueue = queue.SimpleQueue()
         self._conn: Connection | None = None
         self._process: multiprocessing.Process | None = None
         self._ready = threading.Event()
@@ -86,19 +86,8 @@ class RemoteEngine:
         self._commands.put(("open", stream_id, None))
         return stream_id
 
-    def feed(self, stream_id: int, pcm16: bytes) -> None:
-        if len(pcm16) % 2:
-            raise ValueError("16-bit PCM comes in whole samples (an even number of bytes)")
-        self._commands.put(("audio", stream_id, pcm16))
-
-    def finalize(self, stream_id: int) -> None:
-        self._commands.put(("finalize", stream_id, None))
-
-    def current(self, stream_id: int) -> None:
-        self._commands.put(("current", stream_id, None))
-
     def close(self, stream_id: int) -> None:
-        self._commands.put(("close", stream_id, None))
+        super().close(stream_id)
         self._streams.pop(stream_id, None)
 
     # --- the two pipe threads -----------------------------------------------------------------

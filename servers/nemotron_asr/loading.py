@@ -12,7 +12,7 @@ from loguru import logger
 
 from .config import ASRConfig
 from .engine import Engine
-from .results import Result
+from .interface import Result
 
 LOAD_BUDGET_S = 600  # start time systemd grants per loading stage
 GRAPH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)

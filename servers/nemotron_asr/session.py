@@ -16,7 +16,7 @@ from . import protocol
 
 if TYPE_CHECKING:
     from .engine import Engine
-    from .results import Result
+    from .interface import Result
 
 
 class Session:
