@@ -106,6 +106,7 @@ def main(shape, model_path, modes, streams, seconds, frame_ms, large_frame_ms, p
                     process.send_signal(signal.SIGUSR1)
                     time.sleep(2)
                     row = {"streams": count, "frame_ms": size, "error": f"{type(exc).__name__}: {exc}"}
+                time.sleep(1.2)  # the engine process reports its step statistics once a second
                 before, health = health, _health(port)
                 row["steps"] = _steps_between(before.get("steps", {}), health.get("steps", {}))
                 click.echo(f"{mode}: {json.dumps(row)}", err=True)
