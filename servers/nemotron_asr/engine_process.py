@@ -172,6 +172,7 @@ def child_main(conn: Connection, config: ASRConfig, model_path: Path) -> None:
     sender = threading.Thread(target=_send_results, args=(conn, engine, results), name="asr-results",
                               daemon=True)
     sender.start()
+    conn.send(("stats", engine.stats.summary()))  # the warmup's steps, counted before any client's
     conn.send(("ready", (device_text, warmup_s)))
     streams: dict[int, int] = {}  # the parent's stream id -> the engine's
     try:
