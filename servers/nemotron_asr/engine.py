@@ -4,8 +4,7 @@ Connections talk to it through thread-safe calls (``open``/``feed``/``finalize``
 enqueue commands; the engine thread applies them in order, then each tick gives every stream with a
 complete chunk one step, grouping streams by step kind into batches. Results go back through each
 stream's ``deliver`` callback: on the engine thread, or on the stream's event loop when it opened
-with one (then a step's results for that loop cross threads in one hand-off, not one per stream:
-at 256 streams a final step spent 13 ms handing results over one by one).
+with one (``interface.hand_over``: one cross-thread hand-off per loop and step).
 
 A hard reset (finalize) covers exactly the audio fed before it: audio or resets that arrive while a
 stream is still finishing an utterance wait in that stream's backlog and start the next utterance.
@@ -28,7 +27,7 @@ from loguru import logger
 
 from .decoder import UtteranceText
 from .featurizer import FrameRequest
-from .interface import Result, StreamCommands, deliver_all
+from .interface import Result, StreamCommands, hand_over
 from .model import StepOutput, StreamingModel
 
 FINAL_KINDS = ("final", "final_first")
@@ -126,14 +125,14 @@ class Engine(StreamCommands):
 
     def stop(self, timeout: float = 5.0) -> None:
         self._stop = True
-        self._commands.put(("wake", 0, None))
+        self.enqueue("wake", 0)
         self._thread.join(timeout)
 
     def open(self, deliver: Callable[[Result], None], loop: asyncio.AbstractEventLoop | None = None) -> int:
         """A new stream; its results go to ``deliver``, called on ``loop`` if given, else on the
         engine thread."""
         stream_id = next(self._ids)
-        self._commands.put(("open", stream_id, (deliver, loop)))
+        self.enqueue("open", stream_id, (deliver, loop))
         return stream_id
 
     def alive(self, stall_s: float = 30.0) -> bool:
@@ -314,14 +313,7 @@ class Engine(StreamCommands):
         if not self._outgoing:
             return
         outgoing, self._outgoing = self._outgoing, []
-        by_loop: dict[asyncio.AbstractEventLoop, list] = {}
-        for stream, result in outgoing:
-            if stream.loop is None:
-                stream.deliver(result)
-            else:
-                by_loop.setdefault(stream.loop, []).append((stream.deliver, result))
-        for loop, batch in by_loop.items():
-            loop.call_soon_threadsafe(deliver_all, batch)
+        hand_over((stream.deliver, stream.loop, result) for stream, result in outgoing)
 
     def _drop_used_audio(self, stream: _Stream) -> None:
         keep_from = self.model.featurizer.oldest_sample_needed(stream.consumed - self.model.pre)

@@ -27,9 +27,23 @@ from pathlib import Path
 from loguru import logger
 
 from .config import ASRConfig
-from .interface import Result, StreamCommands, deliver_all
+from .interface import Result, StreamCommands, hand_over
 
 STATS_INTERVAL_S = 1.0  # the child's heartbeat, with the step statistics for /health
+
+
+def _take_batch(waiting: queue.SimpleQueue, timeout: float | None = None) -> list:
+    """Whatever has queued up, waiting up to ``timeout`` (None: for ever) for the first item; each
+    pipe message carries one such batch."""
+    try:
+        batch = [waiting.get(timeout=timeout)]
+    except queue.Empty:
+        return []
+    while True:
+        try:
+            batch.append(waiting.get_nowait())
+        except queue.Empty:
+            return batch
 
 
 class RemoteEngine(StreamCommands):
@@ -70,7 +84,7 @@ class RemoteEngine(StreamCommands):
         if self._process is None:
             return
         self._stopping = True
-        self._commands.put(None)
+        self._commands.put(None)  # the sender's last message
         self._process.join(timeout)
         if self._process.is_alive():
             self._process.kill()
@@ -83,7 +97,7 @@ class RemoteEngine(StreamCommands):
     def open(self, deliver: Callable[[Result], None], loop: asyncio.AbstractEventLoop | None = None) -> int:
         stream_id = next(self._ids)
         self._streams[stream_id] = (deliver, loop)
-        self._commands.put(("open", stream_id, None))
+        self.enqueue("open", stream_id)
         return stream_id
 
     def close(self, stream_id: int) -> None:
@@ -94,12 +108,7 @@ class RemoteEngine(StreamCommands):
     def _send(self) -> None:
         """Forward commands in batches: whatever has queued up while the last batch was sent."""
         while True:
-            batch = [self._commands.get()]
-            while True:
-                try:
-                    batch.append(self._commands.get_nowait())
-                except queue.Empty:
-                    break
+            batch = _take_batch(self._commands)
             stop = None in batch
             if stop:
                 batch = batch[:batch.index(None) + 1]
@@ -139,17 +148,9 @@ class RemoteEngine(StreamCommands):
         self.failed.set()
 
     def _deliver(self, results: list[tuple[int, Result]]) -> None:
-        by_loop: dict[asyncio.AbstractEventLoop, list] = {}
-        for stream_id, result in results:
-            deliver, loop = self._streams.get(stream_id, (None, None))
-            if deliver is None:
-                continue  # closed meanwhile
-            if loop is None:
-                deliver(result)
-            else:
-                by_loop.setdefault(loop, []).append((deliver, result))
-        for loop, batch in by_loop.items():
-            loop.call_soon_threadsafe(deliver_all, batch)
+        # A stream may be closed on the event loop meanwhile: its results are dropped.
+        targets = [(self._streams.get(stream_id), result) for stream_id, result in results]
+        hand_over((*target, result) for target, result in targets if target is not None)
 
 
 def child_main(conn: Connection, config: ASRConfig, model_path: Path) -> None:
@@ -188,14 +189,8 @@ def child_main(conn: Connection, config: ASRConfig, model_path: Path) -> None:
                 local = streams.get(stream_id)
                 if local is None:
                     continue
-                if action == "audio":
-                    engine.feed(local, payload)
-                elif action == "finalize":
-                    engine.finalize(local)
-                elif action == "current":
-                    engine.current(local)
-                elif action == "close":
-                    engine.close(local)
+                engine.enqueue(action, local, payload)  # checked by the parent's StreamCommands
+                if action == "close":
                     del streams[stream_id]
     except (EOFError, OSError):
         pass  # the parent is gone
@@ -207,15 +202,7 @@ def _send_results(conn: Connection, engine, results: queue.SimpleQueue) -> None:
     """Send the engine's results in batches, and its statistics as a heartbeat once a second."""
     next_stats = 0.0
     while True:
-        try:
-            batch = [results.get(timeout=STATS_INTERVAL_S)]
-        except queue.Empty:
-            batch = []
-        while True:
-            try:
-                batch.append(results.get_nowait())
-            except queue.Empty:
-                break
+        batch = _take_batch(results, STATS_INTERVAL_S)
         try:
             if batch:
                 conn.send(("results", batch))

@@ -5,8 +5,9 @@ Light enough for the service process, which serves clients and never loads the m
 
 from __future__ import annotations
 
+import asyncio
 import queue
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 
@@ -17,10 +18,26 @@ class Result:
     audio_ms: float = 0.0  # audio in the utterance so far
 
 
-def deliver_all(batch: list[tuple[Callable[[Result], None], Result]]) -> None:
-    """Run a batch of deliveries (one cross-thread hand-off carries a whole step's results)."""
+Deliver = Callable[[Result], None]
+
+
+def deliver_all(batch: list[tuple[Deliver, Result]]) -> None:
     for deliver, result in batch:
         deliver(result)
+
+
+def hand_over(results: Iterable[tuple[Deliver, asyncio.AbstractEventLoop | None, Result]]) -> None:
+    """Call each ``deliver`` with its result: on the calling thread where no loop is given, else
+    on its loop, in one cross-thread hand-off per loop (at 256 streams a final step spent 13 ms
+    handing results over one by one)."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Deliver, Result]]] = {}
+    for deliver, loop, result in results:
+        if loop is None:
+            deliver(result)
+        else:
+            by_loop.setdefault(loop, []).append((deliver, result))
+    for loop, batch in by_loop.items():
+        loop.call_soon_threadsafe(deliver_all, batch)
 
 
 class StreamCommands:
@@ -29,20 +46,23 @@ class StreamCommands:
     def __init__(self) -> None:
         self._commands: queue.SimpleQueue = queue.SimpleQueue()
 
+    def enqueue(self, action: str, stream_id: int, payload=None) -> None:
+        self._commands.put((action, stream_id, payload))
+
     def feed(self, stream_id: int, pcm16: bytes) -> None:
         if len(pcm16) % 2:
             raise ValueError("16-bit PCM comes in whole samples (an even number of bytes)")
         # Converted by the engine once per step and stream: the caller is usually the event loop,
         # whose every microsecond per frame counts.
-        self._commands.put(("audio", stream_id, pcm16))
+        self.enqueue("audio", stream_id, pcm16)
 
     def finalize(self, stream_id: int) -> None:
         """Hard reset: a ``final`` result for all audio fed so far, then a fresh utterance."""
-        self._commands.put(("finalize", stream_id, None))
+        self.enqueue("finalize", stream_id)
 
     def current(self, stream_id: int) -> None:
         """Soft reset: a ``current`` result with the text so far; nothing changes."""
-        self._commands.put(("current", stream_id, None))
+        self.enqueue("current", stream_id)
 
     def close(self, stream_id: int) -> None:
-        self._commands.put(("close", stream_id, None))
+        self.enqueue("close", stream_id)

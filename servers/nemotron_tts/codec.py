@@ -65,7 +65,7 @@ class StreamDecoder:
         self.samples_per_frame = samples_per_frame
         self.codes: torch.Tensor | None = None  # (codebooks, frames) generated so far
         self.sent = 0  # frames whose audio has been handed out
-        self.slot = 0
+        self.slot = 0  # its row of carried codec state (CarriedStateCodec only)
         self.close: Callable[[], object] = lambda: None  # gives a carried state's slot back
 
     @property
