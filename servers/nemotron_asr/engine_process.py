@@ -157,7 +157,7 @@ def child_main(conn: Connection, config: ASRConfig, model_path: Path) -> None:
     """The engine process: load, warm up, then apply the parent's commands until told to stop."""
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    from nemotron_common import logs
+    from nemotron_common import heap, logs
 
     logs.setup(config.log_level)
     from .loading import load_engine
@@ -169,6 +169,7 @@ def child_main(conn: Connection, config: ASRConfig, model_path: Path) -> None:
         logger.opt(exception=exc).error(f"loading failed: {exc}")
         conn.send(("failed", f"{type(exc).__name__}: {exc}"))
         return
+    heap.freeze_loaded_objects()
     results: queue.SimpleQueue = queue.SimpleQueue()
     sender = threading.Thread(target=_send_results, args=(conn, engine, results), name="asr-results",
                               daemon=True)

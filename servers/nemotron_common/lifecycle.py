@@ -17,7 +17,7 @@ from typing import Protocol
 
 from loguru import logger
 
-from . import exitcodes
+from . import exitcodes, heap
 from .health import Health, State
 from .notify import Notifier
 
@@ -106,6 +106,7 @@ async def run(server: ModelServer, drain_timeout_s: float, notifier: Notifier | 
         await server.close()
         return exitcodes.RUNTIME_FAILURE
 
+    heap.freeze_loaded_objects()
     notifier.ready(loading.result())  # before /health says 200, so no client sees ready first
     server.health.state = State.HEALTHY
     interval = notifier.watchdog_interval_s()
