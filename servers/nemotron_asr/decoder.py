@@ -10,6 +10,7 @@ and scatters the new rows back. Only the tokens emitted in the step come back to
 from __future__ import annotations
 
 import torch
+from nemotron_common.devices import index_tensor
 
 
 def _select(value, index: torch.Tensor, dim: int):
@@ -42,7 +43,7 @@ class DecoderPool:
 
     def reset(self, slots: list[int]) -> None:
         mask = torch.zeros(self.slots, dtype=torch.bool, device=self.device)
-        mask[torch.tensor(slots, device=self.device)] = True
+        mask[index_tensor(slots, self.device)] = True
         self.computer.reset_state_by_mask(self.state, mask)
 
     def _gather(self, index: torch.Tensor):

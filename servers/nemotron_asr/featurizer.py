@@ -120,5 +120,6 @@ class Featurizer:
         frame = np.arange(count)
         outside = (frame < -first[:, None]) | (frame >= end[:, None])
         if outside.any():
-            mel = mel.masked_fill(torch.from_numpy(outside).to(self.device)[:, None, :], 0.0)
+            mask = torch.from_numpy(outside).to(self.device, non_blocking=True)  # never waits for the GPU
+            mel = mel.masked_fill(mask[:, None, :], 0.0)
         return mel

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import torch
 from loguru import logger
+from nemotron_common.devices import index_tensor
 
 
 @dataclass(frozen=True)
@@ -63,7 +64,7 @@ class CachePool:
         self.free.append(slot)
 
     def reset(self, slots: list[int]) -> None:
-        index = torch.tensor(slots, device=self.channel.device)
+        index = index_tensor(slots, self.channel.device)
         self.channel.index_fill_(1, index, 0.0)
         self.time.index_fill_(1, index, 0.0)
         self.channel_len.index_fill_(0, index, 0)
