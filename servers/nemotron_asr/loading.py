@@ -13,9 +13,9 @@ from loguru import logger
 from .config import ASRConfig
 from .engine import Engine
 from .interface import Result
+from .model import GRAPH_BUCKETS, StreamingModel, log_device
 
 LOAD_BUDGET_S = 600  # start time systemd grants per loading stage
-GRAPH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 
 
 def load_engine(config: ASRConfig, model_path: Path,
@@ -23,8 +23,6 @@ def load_engine(config: ASRConfig, model_path: Path,
     """A running, warmed-up engine, the device it runs on and the warmup's seconds."""
     from nemotron_common import nemo_fixes
     from nemotron_common.gpu import wait_for_devices
-
-    from .model import StreamingModel, log_device
 
     wait_for_devices(config.device, progress)
     log_device()
@@ -36,7 +34,6 @@ def load_engine(config: ASRConfig, model_path: Path,
     logger.info(f"model loaded in {time.monotonic() - started:.1f} s")
     model.capture(progress)
     engine = Engine(model, config.max_batch, timed_steps=config.step_timing)
-    engine.start()
     streams = config.warmup_streams or min(config.max_batch, config.max_sessions)
     progress(f"warming up with {streams} streams", LOAD_BUDGET_S)
     warm_s = warm_up(engine, streams)
@@ -45,7 +42,10 @@ def load_engine(config: ASRConfig, model_path: Path,
 
 
 def warm_up(engine: Engine, streams: int) -> float:
-    """Run every step kind on ``streams`` real streams so kernels and memory are claimed."""
+    """Start ``engine`` and run every step kind once on ``streams`` real streams, so kernels and
+    memory are claimed. The commands are queued before the engine starts, so each kind runs as one
+    full batch: NeMo's decoder re-captures its CUDA graphs (about half a second) the first time a
+    batch is larger than any before."""
     started = time.monotonic()
     done = threading.Semaphore(0)
     rng = np.random.default_rng(0)
@@ -60,6 +60,7 @@ def warm_up(engine: Engine, streams: int) -> float:
     for stream_id in ids:
         engine.feed(stream_id, pcm)
         engine.finalize(stream_id)
+    engine.start()
     for _ in ids:
         if not done.acquire(timeout=LOAD_BUDGET_S) or engine.failed.is_set():
             raise RuntimeError("warmup did not finish")

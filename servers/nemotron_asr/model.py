@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 from loguru import logger
-from nemotron_common.devices import pick_device
+from nemotron_common.devices import index_tensor, pick_device
 
 from .decoder import DecoderPool
 from .featurizer import Featurizer
@@ -17,6 +17,10 @@ from .steps import CachePool, EagerStep, GraphStep, StepKind, step_kinds
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never download at service start
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# Batch sizes with a captured graph; a batch replays the smallest that holds it. Above 64 a graph
+# step costs about 0.05 ms more per stream (H200, real shape), so the steps there stay fine enough
+# that padding wastes at most a few milliseconds.
+GRAPH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 96, 128, 192, 256, 320, 384, 448, 512)
 
 
 def pick_dtype(name: str, device: torch.device) -> torch.dtype:
@@ -50,7 +54,7 @@ class StreamingModel:
 
     def __init__(self, path: Path, right_context: int, device: str = "auto", dtype: str = "auto",
                  max_streams: int = 64, cuda_graphs: bool = True,
-                 graph_buckets: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)) -> None:
+                 graph_buckets: tuple[int, ...] = GRAPH_BUCKETS) -> None:
         self.device = pick_device(device)
         self.dtype = pick_dtype(dtype, self.device)
         self.model = restore(path, self.device)
@@ -105,7 +109,7 @@ class StreamingModel:
     def encode(self, kind: str, features: torch.Tensor, lengths: torch.Tensor,
                slots: list[int]) -> StepOutput:
         """Run one step for the streams in ``slots`` and keep their new caches."""
-        index = torch.tensor(slots, device=self.device)
+        index = index_tensor(slots, self.device)
         encoded, encoded_len = self.steps[kind](features.to(self.dtype), lengths, index)
         return StepOutput(encoded.float(), encoded_len, index)
 

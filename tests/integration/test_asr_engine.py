@@ -1,11 +1,13 @@
 """The batched streaming engine against NeMo's offline transcription (real NeMo, tiny model)."""
 
 import threading
+import time
 
 import pytest
 import torch
 from helpers.asr_client import pcm_as_float, to_pcm
 from nemotron_asr.engine import Engine
+from nemotron_asr.loading import warm_up
 from nemotron_asr.model import StreamingModel
 from nemotron_asr.random_model import speechlike_audio
 
@@ -37,11 +39,12 @@ def stream_through(engine, pcms, frame_bytes=640):
     return results
 
 
+@pytest.mark.parametrize("look_ahead", [False, True], ids=["planned-after-each-step", "look-ahead"])
 @pytest.mark.parametrize("right_context", [1, 6, 13])
-def test_streamed_finals_equal_offline_transcription(tiny_asr_model, right_context):
+def test_streamed_finals_equal_offline_transcription(tiny_asr_model, right_context, look_ahead):
     model = StreamingModel(tiny_asr_model, right_context, max_streams=4)
     model.capture()
-    engine = Engine(model, max_batch=4)
+    engine = Engine(model, max_batch=4, look_ahead=look_ahead)
     engine.start()
     try:
         # lengths chosen to end mid-chunk, exactly on a chunk, and before the first chunk is complete
@@ -98,18 +101,49 @@ def test_chunk_cost_does_not_grow_with_utterance_length(tiny_asr_model):
     assert max(kept) <= max(kept[:10]) + 2 * 2560  # 20 s of audio, the window stays one chunk wide
 
 
-def test_a_hard_reset_mid_tick_is_planned_first_but_applied_between_ticks(tiny_asr_model):
+def test_a_hard_reset_during_a_step_is_prepared_next_and_a_close_waits_for_the_step(tiny_asr_model):
     model = StreamingModel(tiny_asr_model, 1, max_streams=2)
     model.capture()
-    engine = Engine(model, max_batch=2)  # not started: the test drives the engine thread's calls
+    engine = Engine(model, max_batch=2, look_ahead=True)  # not started: the test drives its calls
+    launch, complete = engine._launch, engine._complete
+    open_during_step = []
+
+    def launch_then_commands(batch):
+        output = launch(batch)
+        engine.finalize(short)  # both arrive while the step runs
+        engine.close(long)
+        return output
+
+    def complete_and_look(batch, output):
+        open_during_step.append(long in engine._streams)
+        complete(batch, output)
+
+    engine._launch, engine._complete = launch_then_commands, complete_and_look
     with torch.inference_mode():  # as on the engine thread
         long, short = engine.open(lambda result: None), engine.open(lambda result: None)
         engine.feed(long, to_pcm(speechlike_audio(1.0, seed=0)))
-        engine.feed(short, to_pcm(speechlike_audio(0.05, seed=1)))
-        engine._take_commands(block=False)
-        engine.finalize(short)  # arrives while a tick runs
-        assert engine._finals_waiting()
-        assert not any(stream.finalizing for stream in engine._streams.values())  # not applied mid-tick
-        engine._take_commands(block=False)
-        kinds = [kind for kind, _ in engine._group(engine._plan())]
-        assert kinds == ["final_first", "first"]  # the later stream's final runs before the other's step
+        engine.feed(short, to_pcm(speechlike_audio(0.05, seed=1)))  # less than a first chunk
+        following = engine._tick(None)  # runs long's first step
+    assert open_during_step == [True]  # its close waited for the step that held its cache slot
+    assert long not in engine._streams and len(model.pool.free) == 1
+    assert following.kind == "final_first" and [step.stream.id for step in following.steps] == [short]
+
+
+def test_the_warmup_runs_every_step_kind_once_as_one_full_batch(tiny_asr_model):
+    model = StreamingModel(tiny_asr_model, 1, max_streams=6)
+    model.capture()
+    engine = Engine(model, max_batch=6)
+    feed = engine.feed
+
+    def slow_feed(stream_id, pcm):  # as 512 streams' worth of queuing takes a while
+        time.sleep(0.05)
+        feed(stream_id, pcm)
+
+    engine.feed = slow_feed
+    try:
+        warm_up(engine, 6)
+    finally:
+        engine.stop()
+    steps = engine.stats.summary()
+    assert {kind: (s["steps"], s["streams"]) for kind, s in steps.items()} == {
+        "first": (1, 6), "steady": (2, 12), "final": (1, 6)}
