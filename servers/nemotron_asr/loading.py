@@ -66,5 +66,10 @@ def warm_up(engine: Engine, streams: int) -> float:
             raise RuntimeError("warmup did not finish")
     for stream_id in ids:
         engine.close(stream_id)
+    # Idle before returning, so what runs next (gc.freeze's collection, the statistics sent with
+    # READY) does not overlap the last warmup step.
+    deadline = time.monotonic() + LOAD_BUDGET_S
+    while engine.active_streams and time.monotonic() < deadline and not engine.failed.is_set():
+        time.sleep(0.01)
     engine.model.synchronize()
     return time.monotonic() - started

@@ -147,3 +147,4 @@ def test_the_warmup_runs_every_step_kind_once_as_one_full_batch(tiny_asr_model):
     steps = engine.stats.summary()
     assert {kind: (s["steps"], s["streams"]) for kind, s in steps.items()} == {
         "first": (1, 6), "steady": (2, 12), "final": (1, 6)}
+    assert engine.active_streams == 0  # closed and idle, so nothing after it overlaps a step
