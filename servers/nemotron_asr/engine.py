@@ -170,7 +170,7 @@ class Engine(StreamCommands):
             self._hand_over()
 
     def _tick(self, prepared: _Batch | None) -> _Batch | None:
-        """Run one batch; return the next one, prepared while this one was on the GPU."""
+        """Run one batch; return the next one if look-ahead prepared it while this one ran."""
         self._take_commands(block=False)
         if prepared and prepared.kind not in FINAL_KINDS and self._finalizing_outside(prepared):
             self._release(prepared)  # a hard reset came in since: its final goes first
