@@ -20,7 +20,6 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "servers"))
 
 from nemotron_asr.model import StreamingModel  # noqa: E402
-from nemotron_asr.steps import GraphStep  # noqa: E402
 
 
 def median_ms(function, model, repeat: int = 20) -> float:
@@ -38,16 +37,15 @@ def main(path: str, sizes: str) -> None:
     buckets = sorted(int(s) for s in sizes.split(","))
     model = StreamingModel(Path(path), right_context=1, device="cuda", max_streams=max(buckets),
                            graph_buckets=tuple(buckets))
+    model.capture()  # as the server does: every step kind at every bucket
     model.reset_streams(list(range(max(buckets))))
     for name in ("steady", "final"):
         kind = model.kinds[name]
-        step = GraphStep(model.encoder, kind, model.pool, buckets, model.dtype, model._graph_pool)
         for size in buckets:
-            graph = step.graphs[size][0]
+            graph = model.steps[name].graphs[size][0]
             features = torch.randn(size, model.encoder._feat_in, kind.frames, device=model.device)
             lengths = torch.full((size,), kind.frames, device=model.device)
             slots = list(range(size))
-            model.steps[name] = step
             output = model.encode(name, features, lengths, slots)
             model.decode(output)  # NeMo captures its decoder graphs on first use
             print(json.dumps({"kind": name, "streams": size,
