@@ -129,6 +129,22 @@ def test_a_hard_reset_during_a_step_is_prepared_next_and_a_close_waits_for_the_s
     assert following.kind == "final_first" and [step.stream.id for step in following.steps] == [short]
 
 
+def test_a_final_goes_before_other_streams_ready_steps(tiny_asr_model):
+    model = StreamingModel(tiny_asr_model, 1, max_streams=2)
+    model.capture()
+    engine = Engine(model, max_batch=2)  # not started: the test drives the engine thread's calls
+    with torch.inference_mode():  # as on the engine thread
+        long, short = engine.open(lambda result: None), engine.open(lambda result: None)
+        engine.feed(long, to_pcm(speechlike_audio(1.0, seed=0)))
+        engine.feed(short, to_pcm(speechlike_audio(0.05, seed=1)))
+        engine.finalize(short)
+        engine._take_commands(block=False)
+        final = engine._prepare_next()
+        first = engine._prepare_next()  # the final's stream is held by the batch before
+    assert (final.kind, first.kind) == ("final_first", "first")  # the final runs before the other step
+    assert [step.stream.id for step in final.steps] == [short]
+
+
 def test_the_warmup_runs_every_step_kind_once_as_one_full_batch(tiny_asr_model):
     model = StreamingModel(tiny_asr_model, 1, max_streams=6)
     model.capture()
