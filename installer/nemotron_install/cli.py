@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
+import fcntl
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -12,15 +15,50 @@ import urllib.request
 from pathlib import Path
 
 import click
+from nemotron_common.config import ConfigError, _coerce, _field_type
 
 from . import preflight
-from .host import detect
+from .host import HOST_PROFILES, detect
 from .lock import DEFAULT_LOCK, LockError, load_lock
 from .plan import MODES, PROFILES, Options, build_plan
 from .steps import Runner, StepFailed
-from .units import UNIT_NAMES
+from .units import REPO_ROOT, UNIT_NAMES
 
 LOG_DIR = Path("/var/log/nemotron-install")
+LOCK_FILE = Path("/run/nemotron-install.lock")
+DIST_DIR = "dist"  # under --prefix: the wheel install.sh built from the checkout
+
+
+def _default_source(prefix: Path) -> Path:
+    wheels = sorted((prefix / DIST_DIR).glob("nemotron_stack-*.whl"))
+    return wheels[-1] if wheels else REPO_ROOT
+
+
+class _single_run:
+    """One install at a time: a second run waits for nothing and says who holds the lock."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __enter__(self):
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.file = self.path.open("a+")
+        try:
+            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.file.seek(0)
+            holder = self.file.read().strip() or "?"
+            raise click.ClickException(f"another nemotron-install (pid {holder}) is running; "
+                                       f"wait for it to finish ({self.path})") from None
+        self.file.truncate(0)
+        self.file.write(f"{os.getpid()}\n")
+        self.file.flush()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.file.truncate(0)
+        fcntl.flock(self.file, fcntl.LOCK_UN)
+        self.file.close()
 DEFAULT_PORTS = {"asr": 8080, "tts": 8001, "llm": 8000}
 
 
@@ -31,14 +69,33 @@ def _config_value(text: str) -> object:
         return text
 
 
+def _schemas() -> dict[str, type]:
+    from nemotron_asr.config import ASRConfig
+    from nemotron_llm.config import LLMConfig
+    from nemotron_tts.config import TTSConfig
+
+    return {"asr": ASRConfig, "tts": TTSConfig, "llm": LLMConfig}
+
+
 def _extra_config(pairs: tuple[str, ...]) -> dict:
+    """--set TABLE.SETTING=VALUE pairs, each checked against the service's own settings schema."""
+    schemas = _schemas()
     extra: dict[str, dict] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         table, dot, name = key.partition(".")
         if not (sep and dot and table in DEFAULT_PORTS and name):
-            raise click.BadParameter(f"{pair!r}: expected TABLE.SETTING=VALUE with TABLE asr, tts or llm")
-        extra.setdefault(table, {})[name] = _config_value(value)
+            raise click.BadParameter(f"{pair!r}: expected TABLE.SETTING=VALUE with TABLE asr, tts or llm",
+                                     param_hint="--set")
+        fields = {f.name: f for f in dataclasses.fields(schemas[table])}
+        if name not in fields:
+            raise click.BadParameter(f"{pair!r}: [{table}] has no setting {name!r} "
+                                     f"(known: {', '.join(sorted(fields))})", param_hint="--set")
+        try:
+            parsed = _coerce(_field_type(schemas[table], fields[name]), _config_value(value), key)
+        except ConfigError as exc:
+            raise click.BadParameter(f"{pair!r}: {exc}", param_hint="--set") from None
+        extra.setdefault(table, {})[name] = parsed
     return extra
 
 
@@ -71,14 +128,21 @@ def _extra_config(pairs: tuple[str, ...]) -> dict:
     help="venv, sources and builds",
 )
 @click.option("--venv", type=click.Path(path_type=Path), default=None, help="venv to use [PREFIX/venv]")
+@click.option("--python", "python_version", default="", help="Python version of the venvs [the lock's, 3.12]")
 @click.option("--user", default="nemotron", show_default=True, help="system user the services run as")
 @click.option("--llama-server", default="", help="use this llama-server binary instead of building llama.cpp")
+@click.option(
+    "--llama-sdist",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="a local copy of the lock's llama.cpp sdist (checked by sha256) instead of downloading it",
+)
 @click.option(
     "--torch-source",
     type=click.Choice(["auto", "source"]),
     default="auto",
     show_default=True,
-    help="auto: official CUDA wheels, verified to cover the GPU; source: build the lock file's pin",
+    help="auto: the lock's CUDA wheels, verified to cover the GPU; source: build that torch release",
 )
 @click.option(
     "--hf-token-file",
@@ -98,14 +162,28 @@ def _extra_config(pairs: tuple[str, ...]) -> dict:
     "lock_path",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     default=DEFAULT_LOCK,
-    help="pinned sources and build flags [the bundled lock.toml]",
+    help="requirement locks, pinned sources and build flags [the bundled lock.toml]",
 )
 @click.option(
     "--profile",
     type=click.Choice(PROFILES),
     default="gpu",
     show_default=True,
-    help="cpu-test: reuse --venv and given models, build nothing (for tests)",
+    help="gpu: a GPU host; cpu: every step with the CPU variants (tests, CI); "
+    "cpu-test: reuse --venv and given models, build nothing",
+)
+@click.option(
+    "--source",
+    type=click.Path(exists=True, path_type=Path),
+    default=None,
+    help="nemotron-stack wheel or source tree to install [the wheel install.sh made, else this checkout]",
+)
+@click.option(
+    "--for",
+    "for_host",
+    type=click.Choice(sorted(HOST_PROFILES)),
+    default=None,
+    help="with --dry-run: plan for this kind of host instead of this machine",
 )
 @click.option("--force", multiple=True, metavar="STEP", help="run STEP (and all after it) even if done")
 @click.option("--dry-run", is_flag=True, help="print the plan with every command and change nothing")
@@ -118,9 +196,11 @@ def main(ctx: click.Context, **kwargs) -> None:
       preflight         root, CPU, NVIDIA driver and GPU compute capability, CUDA, disk, Python, network
       system-packages   build tools and libraries (apt)
       service-user      the `nemotron` user, /var/lib/nemotron, /var/cache/nemotron, /etc/nemotron
-      venv, pytorch     a Python 3.12 venv; CUDA PyTorch wheels checked against the GPU (or a source build)
-      nemo, vllm        NeMo at the lock file's commit; vLLM built against that torch (vllm mode)
-      llama-cpp         llama.cpp at its pin for the detected CUDA architecture (llama.cpp modes)
+      venv, stack       a Python 3.12 venv; torch, NeMo and the rest from the stack lock (hashes
+                        checked), torch's kernels checked against the GPU
+      vllm-venv, vllm   (vllm mode) vLLM's own venv from the vLLM lock
+      llama-cpp         (llama.cpp modes) llama.cpp from its pinned sdist, patched, built for the
+                        detected CUDA architecture
       application       the servers (nemotron-asr, nemotron-tts, nemotron-llm)
       models            found in local Hugging Face caches or downloaded into /var/lib/nemotron/hf
       configuration     /etc/nemotron/nemotron.toml
@@ -136,9 +216,11 @@ def main(ctx: click.Context, **kwargs) -> None:
         return
     try:
         lock = load_lock(kwargs["lock_path"])
-        extra = _extra_config(kwargs["settings"])
     except LockError as exc:
         raise click.ClickException(str(exc)) from None
+    extra = _extra_config(kwargs["settings"])
+    if kwargs["for_host"] and not kwargs["dry_run"]:
+        raise click.UsageError("--for plans for another host: use it with --dry-run")
     options = Options(
         mode=kwargs["mode"],
         profile=kwargs["profile"],
@@ -157,18 +239,28 @@ def main(ctx: click.Context, **kwargs) -> None:
         tts_codec=kwargs["tts_codec"],
         llm_model=kwargs["llm_model"],
         llama_server=kwargs["llama_server"],
+        llama_sdist=kwargs["llama_sdist"].resolve() if kwargs["llama_sdist"] else None,
         torch_source=kwargs["torch_source"],
+        source=kwargs["source"] or _default_source(kwargs["prefix"]),
+        python=kwargs["python_version"],
         hf_token_file=kwargs["hf_token_file"],
         extra_config=extra,
     )
-    host = detect(lock.python)
-    click.echo(f"host: {host.describe()}")
-    problems = preflight.check(host, options, lock)
-    steps = build_plan(options, host, lock)
+    host = HOST_PROFILES[kwargs["for_host"]] if kwargs["for_host"] else detect(options.python or lock.python)
+    click.echo(f"host: {host.describe()}" + (" (a profile, not this machine)" if kwargs["for_host"] else ""))
+    problems = [] if kwargs["for_host"] else preflight.check(host, options, lock)
+    try:
+        steps = build_plan(options, host, lock)
+    except LockError as exc:
+        raise click.ClickException(str(exc)) from None
+    unknown = sorted(set(kwargs["force"]) - {step.name for step in steps})
+    if unknown:
+        raise click.BadParameter(f"no step named {', '.join(unknown)} in this plan "
+                                 f"(steps: {', '.join(step.name for step in steps)})", param_hint="--force")
     runner = Runner(options.state_dir / "install-stamps", LOG_DIR, force=tuple(kwargs["force"]))
     if kwargs["dry_run"]:
         for problem in problems:
-            click.echo(f"preflight: {problem}")
+            click.echo(f"preflight would stop a real run: {problem}")
         runner.dry_run(steps)
         return
     if problems:
@@ -176,7 +268,8 @@ def main(ctx: click.Context, **kwargs) -> None:
             click.echo(f"error: {problem}", err=True)
         sys.exit(1)
     try:
-        runner.run(steps)
+        with _single_run(LOCK_FILE):
+            runner.run(steps)
     except StepFailed as failure:
         tail = failure.log.read_text(errors="replace").splitlines()[-15:] if failure.log.exists() else []
         click.echo("\n".join("    " + line for line in tail), err=True)

@@ -102,3 +102,15 @@ def free_gib(path: Path) -> float:
     while not path.exists():
         path = path.parent
     return shutil.disk_usage(path).free / 2**30
+
+
+# Kinds of host to plan for from another machine (`nemotron-install --dry-run --for spark`).
+def _ubuntu(machine: str, gpu: GPU, cores: int) -> Host:
+    return Host(machine, "ubuntu", "24.04", "3.12.3", gpu, "13.0", cores, True)
+
+
+HOST_PROFILES = {
+    "spark": _ubuntu("aarch64", GPU("NVIDIA GB10", (12, 1), "580.95.05"), 20),
+    "rtx5090": _ubuntu("x86_64", GPU("NVIDIA GeForce RTX 5090", (12, 0), "580.82.07"), 32),
+    "h100": _ubuntu("x86_64", GPU("NVIDIA H100 80GB HBM3", (9, 0), "580.82.07"), 64),
+}

@@ -50,7 +50,11 @@ EDITS = (
         "{head}{indent}// {mark}: the slot is busy here, so not clear_slot() (it asserts idle)\n"
         "{indent}llama_memory_seq_rm(llama_get_memory(ctx), slot.id, -1, -1);\n"
         "{indent}slot.prompt.tokens.clear();",
-        satisfied=r"clearing the memory\\n\", p0\);\s*\n\s*slot\.prompt_clear\(true\);",
+        # Later sources clear with prompt_clear(true); later still, they ask up front whether the
+        # memory can drop a suffix (common_context_can_seq_rm) and keep checkpoints instead, with
+        # no clear of a busy slot left on this path.
+        satisfied=r"clearing the memory\\n\", p0\);\s*\n\s*slot\.prompt_clear\(true\);"
+        r"|common_context_can_seq_rm\(",
     ),
     Edit(
         "no-reevaluation-without-prediction",
@@ -60,16 +64,15 @@ EDITS = (
     ),
     Edit(
         "cached-prompt-completes-at-once",
-        r"(?P<head>\[TAG_PROMPT_LOGITS\][^\[]*?slot\.n_prompt_tokens_cache\s*=\s*n_past;[^\[]*?"
-        r"slot\.prompt\.tokens\.keep_first\(n_past\);\n)",
+        r"(?P<head>\[TAG_PROMPT_LOGITS\][^\[]*?slot\.(?:n_prompt_tokens_cache|stats\.n_prompt_cached)\s*=\s*n_past;"
+        r"[^\[]*?slot\.prompt\.tokens\.keep_first\(n_past\);\n)",
         "{head}\n"
         "{indent}// {mark}: a fully cached prompt with nothing to predict is complete\n"
         "{indent}if (slot.task->params.n_predict == 0 && n_past == slot.task->n_tokens()) {{\n"
         "{indent}    SLT_INF(slot, \"%s\", \"prompt fully cached and n_predict = 0 - done\\n\");\n"
-        "{indent}    slot.n_decoded = 0;\n"
         "{indent}    send_final_response(slot);\n"
         "{indent}    slot.release();\n"
-        "{indent}    continue;\n"
+        "{indent}    {next_slot}\n"
         "{indent}}}\n",
     ),
 )
@@ -92,10 +95,15 @@ def patch_text(text: str) -> tuple[str, list[str]]:
                              f"{SERVER_SOURCE}; check the pinned commit in lock.toml")
         groups = match.groupdict()
         indent = groups.get("indent") or _indent_of_line_before(text, match.end())
-        new = edit.replacement.format(mark=MARK, **{**groups, "indent": indent})
+        new = edit.replacement.format(mark=MARK, next_slot=_next_slot(text), **{**groups, "indent": indent})
         text = text[:match.start()] + new + text[match.end():]
         report.append(f"{edit.name}: applied")
     return text, report
+
+
+def _next_slot(text: str) -> str:
+    """How update_slots moves on to the next slot: a loop body continues, a lambda (later) returns."""
+    return "return;" if "iterate(slots, [&](server_slot & slot)" in text else "continue;"
 
 
 def _indent_of_line_before(text: str, end: int) -> str:

@@ -2,33 +2,37 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import subprocess
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from nemotron_common.model_files import repo_dir
 
-from . import llama_patch
+from . import llama_build
 from .host import Host
 from .lock import Lock
 from .models import Wanted, candidate_caches, find
+from .requirements import headline
 from .steps import Command, Step
-from .units import REPO_ROOT, UNIT_NAMES, UnitValues, render_all
+from .units import DOCS_DIR, REPO_ROOT, UNIT_NAMES, UnitValues, render_all
 
 MODES = ("llamacpp-q8", "llamacpp-q4", "vllm")
-PROFILES = ("gpu", "cpu-test")
+# gpu: a GPU host. cpu: every step for real with the CPU variants (what CI installs in its systemd
+# e2e). cpu-test: reuse an existing venv and given models, build nothing (quick tests).
+PROFILES = ("gpu", "cpu", "cpu-test")
 LLM_START_TIMEOUT = {"vllm": "20min", "llamacpp-q8": "5min", "llamacpp-q4": "5min"}
 
 
 @dataclass(frozen=True)
 class Options:
     mode: str = "llamacpp-q8"
-    profile: str = "gpu"  # cpu-test: reuse an existing venv and given models, build nothing
+    profile: str = "gpu"
     prefix: Path = Path("/opt/nemotron")
     venv: Path | None = None  # default: PREFIX/venv
+    python: str = ""  # Python version of the venvs; default: the lock's
     user: str = "nemotron"
     asr: bool = True
     tts: bool = True
@@ -42,7 +46,9 @@ class Options:
     tts_codec: str = ""
     llm_model: str = ""
     llama_server: str = ""  # an existing llama-server binary: skip the llama.cpp build
-    torch_source: str = "auto"  # auto: official wheels if they cover the GPU; source: build from the pin
+    llama_sdist: Path | None = None  # a local copy of the pinned llama.cpp sdist (offline hosts)
+    torch_source: str = "auto"  # auto: the lock's wheels (checked against the GPU); source: build torch
+    source: Path = REPO_ROOT  # the nemotron-stack wheel or source tree the application step installs
     hf_token_file: Path | None = None
     state_dir: Path = Path("/var/lib/nemotron")
     config_path: Path = Path("/etc/nemotron/nemotron.toml")
@@ -54,6 +60,14 @@ class Options:
         return self.venv or self.prefix / "venv"
 
     @property
+    def vllm_venv_dir(self) -> Path:
+        return self.prefix / "vllm-venv"
+
+    @property
+    def variant(self) -> str:
+        return "gpu" if self.profile == "gpu" else "cpu"
+
+    @property
     def hf_cache(self) -> Path:
         return self.state_dir / "hf"
 
@@ -61,25 +75,35 @@ class Options:
     def llama_server_path(self) -> str:
         return self.llama_server or str(self.prefix / "llama.cpp/bin/llama-server")
 
+    @property
+    def needs_services(self) -> bool:
+        return self.asr or self.tts or self.llm
 
-def _pip(options: Options, *args: str, env: dict[str, str] | None = None) -> Command:
-    python = str(options.venv_dir / "bin/python")
-    return Command([python, "-m", "pip", "install", "--progress-bar", "off", *args], env=env or {})
+    @property
+    def needs_stack(self) -> bool:
+        """The servers' venv: always for ASR and TTS; for the LLM, nemotron-llm itself is in it."""
+        return self.needs_services
 
 
-def _constraints(options: Options) -> Path:
-    return options.prefix / "constraints.txt"
+def _pip(venv: Path, *args: str, env: dict[str, str] | None = None) -> Command:
+    return Command([str(venv / "bin/python"), "-m", "pip", "install", "--progress-bar", "off", *args],
+                   env=env or {})
 
 
-def system_packages(lock: Lock) -> Step:
+def _python(options: Options, lock: Lock) -> str:
+    return options.python or lock.python
+
+
+def system_packages(options: Options, lock: Lock) -> Step:
+    packages = lock.system_packages(_python(options, lock))
     return Step(
         "system-packages",
         "system packages (apt)",
-        inputs={"packages": lock.system_packages},
+        inputs={"packages": packages},
         commands=[
             Command(["apt-get", "update"]),
             Command(
-                ["apt-get", "install", "-y", "--no-install-recommends", *lock.system_packages],
+                ["apt-get", "install", "-y", "--no-install-recommends", *packages],
                 env={"DEBIAN_FRONTEND": "noninteractive"},
             ),
         ],
@@ -130,19 +154,20 @@ def service_user(options: Options) -> Step:
         action=create,
         action_text=f"create system user {options.user} (groups video, render); "
         f"create {', '.join(map(str, dirs))} owned by it",
+        outputs=dirs,
     )
 
 
-def venv(options: Options, lock: Lock) -> Step:
-    python = f"python{lock.python}"
+def new_venv(name: str, what: str, venv: Path, python: str) -> Step:
     return Step(
-        "venv",
-        f"Python {lock.python} venv at {options.venv_dir}",
-        inputs={"python": lock.python, "venv": str(options.venv_dir)},
+        name,
+        f"Python {python} venv for {what} at {venv}",
+        inputs={"python": python, "venv": str(venv)},
         commands=[
-            Command([python, "-m", "venv", str(options.venv_dir)]),
-            _pip(options, "--upgrade", "pip", "wheel", "setuptools"),
+            Command([f"python{python}", "-m", "venv", "--clear", str(venv)]),
+            _pip(venv, "--upgrade", "pip", "wheel", "setuptools"),
         ],
+        outputs=[venv / "bin/python"],
     )
 
 
@@ -152,147 +177,102 @@ major, minor = {major}, {minor}
 archs = torch.cuda.get_arch_list()
 print(torch.__version__, "CUDA", torch.version.cuda, archs)
 # Kernels built for sm_XY run on sm_XZ with Z >= Y (same major): sm_120 wheels serve a GB10's sm_121.
-built = [a.split("_")[1].rstrip("a") for a in archs]
+built = [a.split("_")[1].rstrip("af") for a in archs]
 if not any(int(b[:-1]) == major and int(b[-1]) <= minor for b in built):
     sys.exit(f"no kernels for sm_{{major}}{{minor}} in {{archs}}: re-run with --torch-source source")
 """
 
 
-def _verify_torch(options: Options, host: Host) -> Command:
+def verify_torch(venv: Path, host: Host) -> Command:
     major, minor = host.gpu.capability if host.gpu else (0, 0)
-    return Command(
-        [str(options.venv_dir / "bin/python"), "-c", _TORCH_COVERS_GPU.format(major=major, minor=minor)]
-    )
+    return Command([str(venv / "bin/python"), "-c", _TORCH_COVERS_GPU.format(major=major, minor=minor)])
 
 
-def pytorch(options: Options, host: Host, lock: Lock) -> list[Step]:
-    pin = f"torch=={lock.torch_wheels[0].split('==')[1]}" if lock.torch_wheels else "torch"
-    freeze = Command(["sh", "-c", f"echo {pin} > {_constraints(options)}"])
-    if options.torch_source != "source":
-        return [
-            Step(
-                "pytorch",
-                "PyTorch and torchaudio (official CUDA wheels)",
-                inputs={"wheels": lock.torch_wheels, "index": lock.torch_index},
-                commands=[
-                    _pip(options, "--index-url", lock.torch_index, *lock.torch_wheels),
-                    _verify_torch(options, host),
-                    freeze,
-                ],
-            )
-        ]
-    arch = host.gpu.arch_list if host.gpu else ""
-    steps = []
-    for name in ("torch", "torchaudio"):
-        source = lock.sources[name]
-        src = options.prefix / "src" / name
-        env = {**source.build_env, "TORCH_CUDA_ARCH_LIST": arch, "MAX_JOBS": str(host.cores)}
+def stack(options: Options, host: Host, lock: Lock) -> list[Step]:
+    """The servers' Python packages from the stack lock (torch and NeMo included), hashes required."""
+    requirements = lock.requirements_file("stack", options.variant, host.machine)
+    venv = options.venv_dir
+    wheel_torch_on_gpu = options.variant == "gpu" and options.torch_source != "source"
+    check = [verify_torch(venv, host)] if wheel_torch_on_gpu else []
+    steps = [
+        Step(
+            "stack",
+            f"PyTorch, NeMo and the servers' libraries from {requirements.name}: {headline(requirements)}",
+            inputs={"lock": _digest(requirements)},
+            commands=[_pip(venv, "--require-hashes", "--no-deps", "-r", str(requirements)), *check],
+        )
+    ]
+    if options.torch_source == "source":
+        src = options.prefix / "src/pytorch"
+        arch = host.gpu.arch_list if host.gpu else ""
+        env = {**lock.torch.build_env, "TORCH_CUDA_ARCH_LIST": arch, "MAX_JOBS": str(host.cores)}
         steps.append(
             Step(
-                f"{name}-source",
-                f"{name} from source at {source.commit[:12]} for sm {arch}",
-                inputs={"commit": source.commit, "env": env},
+                "torch-source",
+                f"torch {lock.torch.ref} from source for sm {arch}, over the lock's wheel",
+                inputs={"ref": lock.torch.ref, "env": env},
                 commands=[
-                    Command(["git", "clone", "--filter=blob:none", source.repo, str(src)]),
-                    Command(["git", "-C", str(src), "checkout", source.commit]),
-                    Command(["git", "-C", str(src), "submodule", "update", "--init", "--recursive"]),
-                    _pip(options, "--no-build-isolation", str(src), env=env),
+                    Command(["rm", "-rf", str(src)]),
+                    Command(["git", "clone", "--depth", "1", "--branch", lock.torch.ref,
+                             "--recurse-submodules", "--shallow-submodules", lock.torch.repo, str(src)]),
+                    _pip(venv, "--no-build-isolation", "--no-deps", str(src), env=env),
+                    verify_torch(venv, host),
                 ],
             )
         )
-    steps[-1].commands += [_verify_torch(options, host), freeze]
     return steps
 
 
-def nemo(options: Options, lock: Lock) -> Step:
-    source = lock.sources["nemo"]
-    spec = f"{lock.nemo_spec} @ git+{source.repo}@{source.commit}"
-    return Step(
-        "nemo",
-        f"NeMo at {source.commit[:12]} (ASR and TTS)",
-        inputs={"spec": spec},
-        commands=[_pip(options, "-c", str(_constraints(options)), spec)],
-    )
+def vllm(options: Options, host: Host, lock: Lock) -> list[Step]:
+    """vLLM's own venv from its lock: its torch and transformers pins differ from NeMo's."""
+    requirements = lock.requirements_file("vllm", options.variant, host.machine)
+    venv = options.vllm_venv_dir
+    return [
+        new_venv("vllm-venv", "vLLM", venv, _python(options, lock)),
+        Step(
+            "vllm",
+            f"vLLM from {requirements.name}: {headline(requirements)}",
+            inputs={"lock": _digest(requirements)},
+            commands=[
+                _pip(venv, "--require-hashes", "--no-deps", "-r", str(requirements)),
+                Command([str(venv / "bin/python"), "-c",
+                         "import torch, vllm; print('torch', torch.__version__, 'vllm', vllm.__version__)"]),
+            ],
+        ),
+    ]
 
 
-def vllm(options: Options, host: Host, lock: Lock) -> Step:
-    source = lock.sources["vllm"]
-    env = {
-        **source.build_env,
-        "TORCH_CUDA_ARCH_LIST": host.gpu.arch_list if host.gpu else "",
-        "MAX_JOBS": str(host.cores),
-    }
-    # Built against the venv's torch, which the constraints file pins: vLLM cannot swap it out.
-    return Step(
-        "vllm",
-        f"vLLM from source at {source.commit[:12]}",
-        inputs={"commit": source.commit, "env": env},
-        commands=[
-            _pip(
-                options,
-                "--no-build-isolation",
-                "-c",
-                str(_constraints(options)),
-                f"vllm @ git+{source.repo}@{source.commit}",
-                env=env,
-            ),
-            Command(
-                [
-                    str(options.venv_dir / "bin/python"),
-                    "-c",
-                    "import torch, vllm; print('torch', torch.__version__, 'vllm', vllm.__version__)",
-                ]
-            ),
-        ],
-    )
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
 
 
 def llama_cpp(options: Options, host: Host, lock: Lock) -> Step:
-    source = lock.sources["llama_cpp"]
-    src, dest = options.prefix / "src/llama.cpp", options.prefix / "llama.cpp"
-    arch = host.gpu.cuda_arch if host.gpu else "native"
-    flags = [
-        *lock.llama_cmake_flags,
-        f"-DCMAKE_CUDA_ARCHITECTURES={arch}",
-        "-DCMAKE_CUDA_COMPILER=/usr/local/cuda/bin/nvcc",
-        f"-DCMAKE_INSTALL_PREFIX={dest}",
-    ]
-    return Step(
-        "llama-cpp",
-        f"llama.cpp at {source.commit[:12]} for CUDA arch {arch}, with the server patch",
-        inputs={"commit": source.commit, "flags": flags, "targets": lock.llama_targets,
-                "patch": llama_patch.FINGERPRINT},
-        commands=[
-            Command(["sh", "-c", f"[ -d {src}/.git ] || git clone {source.repo} {src}"]),
-            Command(["git", "-C", str(src), "checkout", "--force", source.commit]),
-            Command(["git", "-C", str(src), "reset", "--hard"]),  # a clean tree for the patch
-            Command([sys.executable, "-m", "nemotron_install.llama_patch", str(src)]),
-            Command(
-                ["cmake", "-S", str(src), "-B", str(src / "build"), "-G", "Ninja", *flags],
-            ),
-            Command(
-                [
-                    "cmake",
-                    "--build",
-                    str(src / "build"),
-                    "--target",
-                    *lock.llama_targets,
-                    "-j",
-                    str(host.cores),
-                ]
-            ),
-            Command(["cmake", "--install", str(src / "build")]),
-        ],
-    )
+    gpu = host.gpu if options.variant == "gpu" else None
+    return llama_build.step(lock, options.prefix, gpu, host.machine, host.cores, sdist=options.llama_sdist)
+
+
+def source_digest(source: Path) -> str:
+    """What identifies the application's code: a wheel's bytes, or a source tree's tracked files."""
+    if source.is_file():
+        return _digest(source)
+    digest = hashlib.sha256()
+    for folder in ("servers", "installer", "units"):
+        for path in sorted((source / folder).rglob("*")):
+            if path.is_file() and "__pycache__" not in path.parts:
+                digest.update(str(path.relative_to(source)).encode() + b"\0" + path.read_bytes())
+    digest.update((source / "pyproject.toml").read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def application(options: Options) -> Step:
+    # Not editable: the services run a copy that a later edit of the source cannot change.
     return Step(
         "application",
-        "nemotron-stack servers",
-        inputs={"source": str(REPO_ROOT)},
+        f"nemotron-stack servers from {options.source}",
+        inputs={"source": str(options.source), "digest": source_digest(options.source)},
         commands=[
-            _pip(options, "-c", str(_constraints(options)), f"{REPO_ROOT}[asr,tts]"),
+            _pip(options.venv_dir, "--no-deps", "--no-build-isolation", "--force-reinstall",
+                 str(options.source)),
             _check_entry_points(options),
         ],
     )
@@ -415,7 +395,7 @@ def render_config(options: Options, lock: Lock) -> str:
     cache = str(options.hf_cache)
     # On a GPU host the servers must not fall back to the CPU when the driver is late: "cuda" makes
     # them wait for the device nodes at boot instead.
-    device = {"device": "cuda"} if options.profile == "gpu" else {}
+    device = {"gpu": {"device": "cuda"}, "cpu": {"device": "cpu"}}.get(options.profile, {})
     parts = [
         "# Written by nemotron-install. A re-run with the same options leaves this file alone; one with\n"
         "# other options rewrites it and keeps the previous file as nemotron.toml.orig.\n"
@@ -456,7 +436,7 @@ def render_config(options: Options, lock: Lock) -> str:
                     "host": options.bind,
                     "port": options.llm_port,
                     "llama_server": options.llama_server_path,
-                    "vllm_python": str(options.venv_dir / "bin/python"),
+                    "vllm_python": str(options.vllm_venv_dir / "bin/python"),
                     **options.extra_config.get("llm", {}),
                 },
             )
@@ -509,7 +489,7 @@ def selected_units(options: Options) -> list[str]:
 def units(options: Options) -> Step:
     rendered = render_all(
         UnitValues(
-            prefix=REPO_ROOT,
+            prefix=DOCS_DIR,
             venv=options.venv_dir,
             config=options.config_path,
             user=options.user,
@@ -544,17 +524,15 @@ def build_plan(options: Options, host: Host, lock: Lock) -> list[Step]:
     if options.profile == "cpu-test":
         steps = [service_user(options), cpu_test_application(options)]
     else:
-        steps = [
-            system_packages(lock),
-            service_user(options),
-            venv(options, lock),
-            *pytorch(options, host, lock),
-            nemo(options, lock),
-        ]
+        steps = [system_packages(options, lock), service_user(options)]
+        if options.needs_stack:
+            steps += [new_venv("venv", "the servers", options.venv_dir, _python(options, lock)),
+                      *stack(options, host, lock)]
         if options.llm and options.mode == "vllm":
-            steps += [vllm(options, host, lock), triton_ptxas(options)]
+            steps += [*vllm(options, host, lock), triton_ptxas(options)]
         if options.llm and options.mode != "vllm" and not options.llama_server:
             steps.append(llama_cpp(options, host, lock))
-        steps.append(application(options))
+        if options.needs_stack:
+            steps.append(application(options))
     steps += [models_step(options, lock), configuration(options, lock), units(options)]
     return steps

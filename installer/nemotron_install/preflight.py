@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .host import Host, free_gib
-from .lock import Lock
+from .lock import Lock, LockError
 from .plan import Options
 
 MIN_DRIVER = 580  # CUDA 13 needs an R580 driver
@@ -55,6 +55,8 @@ def check(
                 Problem(f"the cpu-test profile reuses a venv, and {venv} is missing", "pass --venv")
             )
         return problems
+    if options.profile == "cpu":
+        return problems + _python_and_network(host, options, lock, have, reachable)
     if host.machine not in ("aarch64", "x86_64"):
         problems.append(
             Problem(f"unsupported CPU architecture {host.machine}", "use an aarch64 or x86_64 host")
@@ -83,22 +85,16 @@ def check(
                     "upgrade the driver (on DGX OS: apt install the latest nvidia-driver-580 or newer)",
                 )
             )
-    needs_nvcc = options.torch_source == "source" or (
-        options.llm and (options.mode == "vllm" or not options.llama_server)
-    )
-    if needs_nvcc and (not host.cuda or int(host.cuda.split(".")[0]) < 13):
+    builds_llama = options.llm and options.mode != "vllm" and not options.llama_server
+    if (builds_llama or options.torch_source == "source") and (
+        not host.cuda or int(host.cuda.split(".")[0]) < 13
+    ):
+        what = "torch" if options.torch_source == "source" else "llama.cpp"
         problems.append(
             Problem(
-                f"CUDA toolkit 13 is needed to build {'vLLM' if options.mode == 'vllm' else 'llama.cpp'} "
-                f"(found: {host.cuda or 'none'})",
-                "install cuda-toolkit-13 so /usr/local/cuda/bin/nvcc exists, or pass --llama-server PATH",
-            )
-        )
-    if not host.python and not have("apt-get"):
-        problems.append(
-            Problem(
-                f"Python {lock.python} is missing and apt-get is not available to install it",
-                f"install python{lock.python} and python{lock.python}-venv",
+                f"CUDA toolkit 13 is needed to build {what} (found: {host.cuda or 'none'})",
+                "install cuda-toolkit-13 so /usr/local/cuda/bin/nvcc exists"
+                + (", or pass --llama-server PATH" if what == "llama.cpp" else ""),
             )
         )
     for path, what, need, fix in (
@@ -110,15 +106,35 @@ def check(
         free = disk(path)
         if free < need:
             problems.append(Problem(f"{free:.0f} GiB free under {path}; {what} about {need} GiB", fix))
-    for url in dict.fromkeys((lock.torch_index or "https://pypi.org/simple/", "https://pypi.org/simple/",
-                              lock.sources["nemo"].repo)):
-        if url.startswith("http") and not reachable(url):
+    return problems + _python_and_network(host, options, lock, have, reachable)
+
+
+def _python_and_network(host, options, lock, have, reachable) -> list[Problem]:
+    problems = []
+    python = options.python or lock.python
+    if not host.python and not have("apt-get"):
+        problems.append(
+            Problem(
+                f"Python {python} is missing and apt-get is not available to install it",
+                f"install python{python} and python{python}-venv, or pass --python with one that is there",
+            )
+        )
+    if host.machine not in ("aarch64", "x86_64"):
+        return problems
+    # Wheels come from PyPI, llama.cpp's source from PyPI's file host.
+    for url in ("https://pypi.org/simple/", lock.llama_cpp.url):
+        if not reachable(url):
             problems.append(
                 Problem(
                     f"cannot reach {url}",
-                    "connect the host to the network, or point the lock file (--lock) and PIP_INDEX_URL "
+                    "connect the host to the network, or point PIP_INDEX_URL and the lock file (--lock) "
                     "at a local mirror",
                 )
             )
             break
+    try:
+        lock.requirements_file("stack", "gpu" if options.profile == "gpu" else "cpu", host.machine)
+    except LockError as exc:
+        problems.append(Problem(str(exc), "run installer/update-locks for this machine, or use a host the "
+                                          "locks cover (aarch64 or x86_64 with a GPU)"))
     return problems

@@ -42,6 +42,9 @@ class Step:
     # Python work instead of (or after) commands; receives a function that writes to the step's log.
     action: Callable[[Callable[[str], None]], None] | None = None
     action_text: str = ""  # what ``action`` does, for --dry-run
+    # What the step leaves behind: its stamp counts only while these all exist (a deleted venv is
+    # rebuilt). Not part of the hash.
+    outputs: list[Path] = field(default_factory=list)
 
 
 class StepFailed(RuntimeError):
@@ -76,9 +79,10 @@ class Runner:
 
     def is_done(self, step: Step, digest: str) -> bool:
         try:
-            return json.loads(self._stamp(step).read_text()).get("hash") == digest
+            stamped = json.loads(self._stamp(step).read_text()).get("hash") == digest
         except (OSError, ValueError):
             return False
+        return stamped and all(path.exists() for path in step.outputs)
 
     def plan(self, steps: list[Step]) -> list[tuple[Step, str, bool]]:
         """Each step with its chained hash and whether it would be skipped."""

@@ -8,11 +8,15 @@ half-rendered unit never reaches /etc/systemd/system.
 from __future__ import annotations
 
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[2]  # the clone the installer runs from
-UNITS_DIR = REPO_ROOT / "units"
+REPO_ROOT = Path(__file__).resolve().parents[2]  # a checkout, when the installer runs from one
+# An installed installer carries its units as data files; a checkout has them in units/.
+SHARE_DIR = Path(sys.prefix) / "share/nemotron"
+DOCS_DIR = SHARE_DIR if (SHARE_DIR / "units").is_dir() and not (REPO_ROOT / "units").is_dir() else REPO_ROOT
+UNITS_DIR = DOCS_DIR / "units"
 PLACEHOLDER = re.compile(r"@([A-Z_]+)@")
 UNIT_NAMES = ("nemotron.target", "nemotron-asr.service", "nemotron-tts.service", "nemotron-llm.service")
 

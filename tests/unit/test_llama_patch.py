@@ -1,6 +1,9 @@
 """The llama.cpp server patch on the two shapes of update_slots it meets (anchor lines only)."""
 
+from pathlib import Path
+
 import pytest
+from helpers.binaries import llama_server
 from nemotron_install import llama_patch
 from nemotron_install.llama_patch import PatchError, patch_text
 
@@ -53,3 +56,38 @@ def test_a_source_without_an_anchor_fails_loudly(tmp_path):
     assert (tmp_path / llama_patch.SERVER_SOURCE).read_text() == source  # nothing half-written
     with pytest.raises(PatchError, match="not found"):
         llama_patch.apply(tmp_path / "elsewhere")
+
+
+# The pinned sdist's shape (llama.cpp build 11434): update_slots walks the slots with a lambda, the
+# cached-token count moved into slot.stats, and memory that cannot drop a suffix is known up front
+# (common_context_can_seq_rm) instead of failing and clearing a busy slot.
+LAMBDA_SHAPE = '''    ctx_tgt_seq_rm_type = common_context_can_seq_rm(ctx_tgt);
+            iterate(slots, [&](server_slot & slot) {
+                        // [TAG_PROMPT_LOGITS]
+                        if (n_past == slot.task->n_tokens() && n_past > 0) {
+                            n_past--;
+                        }
+
+                        slot.stats.n_prompt_cached    = n_past;
+                        slot.stats.n_prompt_processed = 0;
+
+                        slot.prompt.tokens.keep_first(n_past);
+                    }
+            });
+'''
+
+
+def test_the_pinned_sdist_shape_is_patched_and_moves_on_with_return():
+    patched, report = patch_text("void update_slots() {\n" + LAMBDA_SHAPE + "}\n")
+    assert report[0] == "clear-on-failed-truncate: not needed, this source already does it"
+    assert report[1:] == ["no-reevaluation-without-prediction: applied",
+                          "cached-prompt-completes-at-once: applied"]
+    done = patched[patched.index("if (slot.task->params.n_predict == 0 && n_past == slot.task->n_tokens())"):]
+    assert "return;" in done.split("}")[0] and "continue;" not in patched  # a lambda cannot continue
+
+
+def test_the_pinned_sdist_has_every_anchor():
+    """The lock's own source as the llama-cpp step unpacked and patched it for this run's build."""
+    source = Path(llama_server()).parents[2] / "src/llama.cpp" / llama_patch.SERVER_SOURCE
+    assert llama_patch.MARK in source.read_text()  # patched by the step, edits as reported above
+    assert source.read_text().count(llama_patch.MARK) == 2
