@@ -303,24 +303,33 @@ def _health(port: int) -> str:
         return "no answer"
 
 
+def _systemd_running() -> bool:
+    return Path("/run/systemd/system").is_dir()
+
+
 @main.command()
 @click.option("--config", type=click.Path(path_type=Path), default=Path("/etc/nemotron/nemotron.toml"))
 def status(config: Path) -> None:
     """Each unit's state and its /health answer."""
     ports = _ports(config)
+    running = _systemd_running()
+    if not running:
+        click.echo("systemd is not running on this machine (no /run/systemd/system): unit states are "
+                   "unknown; /health is still asked", err=True)
     click.echo(f"{'unit':24} {'enabled':9} {'state':20} {'restarts':8} health")
     for unit in UNIT_NAMES:
         props = subprocess.run(
             ["systemctl", "show", unit, "-p", "UnitFileState,ActiveState,SubState,NRestarts"],
             capture_output=True,
             text=True,
-        ).stdout
+        ).stdout if running else ""
         values = dict(line.partition("=")[::2] for line in props.splitlines())
         service = unit.removeprefix("nemotron-").removesuffix(".service")
         health = _health(ports[service]) if service in ports else ""
-        state = f"{values.get('ActiveState', '?')} ({values.get('SubState', '?')})"
+        unknown = "?" if running else "-"
+        state = f"{values.get('ActiveState', unknown)} ({values.get('SubState', unknown)})"
         click.echo(
-            f"{unit:24} {values.get('UnitFileState', '?'):9} {state:20} "
+            f"{unit:24} {values.get('UnitFileState', unknown):9} {state:20} "
             f"{values.get('NRestarts', ''):8} {health}"
         )
 
@@ -332,26 +341,41 @@ def status(config: Path) -> None:
 def uninstall(purge: bool, prefix: Path, user: str) -> None:
     """Stop and remove the services and the build; keep models and settings unless --purge."""
     units_dir = Path("/etc/systemd/system")
-    subprocess.run(["systemctl", "disable", "--now", *UNIT_NAMES], check=False)
-    for unit in UNIT_NAMES:
-        (units_dir / unit).unlink(missing_ok=True)
-    subprocess.run(["systemctl", "daemon-reload"], check=False)
-    shutil.rmtree(prefix, ignore_errors=True)
+    removed, kept = [], []
+    installed = [unit for unit in UNIT_NAMES if (units_dir / unit).exists()]
+    if installed and _systemd_running():
+        stopped = subprocess.run(["systemctl", "disable", "--now", *installed], capture_output=True,
+                                 text=True)
+        if stopped.returncode != 0:
+            click.echo(f"warning: systemctl disable --now: {stopped.stderr.strip()}", err=True)
+    for unit in installed:
+        (units_dir / unit).unlink()
+    if installed:
+        removed.append(f"units ({', '.join(installed)})")
+        if _systemd_running():
+            subprocess.run(["systemctl", "daemon-reload"], capture_output=True)
     link = Path("/usr/local/sbin/nemotron-install")  # install.sh's link into PREFIX/installer
+    for path in (prefix, Path("/var/lib/nemotron/install-stamps"), LOG_DIR):
+        if path.exists():
+            shutil.rmtree(path)
+            removed.append(str(path))
     if link.is_symlink() and not link.exists():
         link.unlink()
-    shutil.rmtree(Path("/var/lib/nemotron/install-stamps"), ignore_errors=True)
-    shutil.rmtree(LOG_DIR, ignore_errors=True)
-    removed = [str(prefix), "units"]
-    if purge:
-        for path in (Path("/var/lib/nemotron"), Path("/var/cache/nemotron"), Path("/etc/nemotron")):
-            shutil.rmtree(path, ignore_errors=True)
+        removed.append(str(link))
+    for path in (Path("/var/lib/nemotron"), Path("/var/cache/nemotron"), Path("/etc/nemotron")):
+        if not path.exists():
+            continue
+        if purge:
+            shutil.rmtree(path)
             removed.append(str(path))
-        if user != "root":
-            subprocess.run(["userdel", user], check=False)
-            removed.append(f"user {user}")
-    kept = "" if purge else " (kept: /var/lib/nemotron models, /etc/nemotron settings)"
-    click.echo(f"removed {', '.join(removed)}{kept}")
+        else:
+            kept.append(str(path))
+    if purge and user != "root" and subprocess.run(["id", "-u", user], capture_output=True).returncode == 0:
+        subprocess.run(["userdel", user], check=False)
+        removed.append(f"user {user}")
+    click.echo(f"removed: {', '.join(removed) or 'nothing (not installed)'}")
+    if kept:
+        click.echo(f"kept (models and settings; --purge removes them): {', '.join(kept)}")
 
 
 if __name__ == "__main__":

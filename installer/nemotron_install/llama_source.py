@@ -45,12 +45,30 @@ def download(url: str, into: Path) -> Path:
     return target
 
 
+def _extract_safely(tar: tarfile.TarFile, into: Path) -> None:
+    """Regular files, directories and in-tree links only. Python's "data" filter does this where it
+    exists (3.11.4 and later); Debian 12's Python 3.11.2 predates it."""
+    if hasattr(tarfile, "data_filter"):
+        tar.extractall(into, filter="data")
+        return
+    root = into.resolve()
+    for member in tar.getmembers():
+        target = (root / member.name).resolve()
+        linked = (target.parent / member.linkname).resolve() if member.issym() else root / member.linkname
+        if not target.is_relative_to(root) or not (member.isfile() or member.isdir() or member.issym()
+                                                   or member.islnk()):
+            raise SourceError(f"refusing {member.name!r}: outside the tree or not a plain file")
+        if (member.issym() or member.islnk()) and not linked.resolve().is_relative_to(root):
+            raise SourceError(f"refusing {member.name!r}: a link out of the tree")
+    tar.extractall(into)
+
+
 def unpack(archive: Path, pin: LlamaCpp, dest: Path) -> None:
     """Unpack the sdist's llama.cpp subtree into a fresh ``dest``; only regular files and dirs."""
     scratch = Path(tempfile.mkdtemp(prefix="llama-src-", dir=dest.parent))
     try:
         with tarfile.open(archive) as tar:
-            tar.extractall(scratch, filter="data")
+            _extract_safely(tar, scratch)
         roots = [p for p in scratch.iterdir() if p.is_dir()]
         tree = roots[0] / pin.subdir if len(roots) == 1 else scratch / pin.subdir
         if not (tree / "CMakeLists.txt").is_file():

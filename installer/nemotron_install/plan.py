@@ -525,13 +525,14 @@ def build_plan(options: Options, host: Host, lock: Lock) -> list[Step]:
         steps = [service_user(options), cpu_test_application(options)]
     else:
         steps = [system_packages(options, lock), service_user(options)]
+        # llama.cpp first: it needs only the system packages, so a rebuilt venv does not rebuild it.
+        if options.llm and options.mode != "vllm" and not options.llama_server:
+            steps.append(llama_cpp(options, host, lock))
         if options.needs_stack:
             steps += [new_venv("venv", "the servers", options.venv_dir, _python(options, lock)),
                       *stack(options, host, lock)]
         if options.llm and options.mode == "vllm":
             steps += [*vllm(options, host, lock), triton_ptxas(options)]
-        if options.llm and options.mode != "vllm" and not options.llama_server:
-            steps.append(llama_cpp(options, host, lock))
         if options.needs_stack:
             steps.append(application(options))
     steps += [models_step(options, lock), configuration(options, lock), units(options)]

@@ -1,4 +1,4 @@
-"""Runtime fixes for NeMo 3.0.0 bugs that bite a long-running server on CUDA.
+"""Runtime fixes for NeMo 3.0.0 bugs that bite a long-running server on CUDA, or an older Python.
 
 NeMo compiles small CUDA kernels for its graph-captured greedy decoders with NVRTC
 (``nemo.core.utils.cuda_python_utils.run_nvrtc``). Two problems there:
@@ -13,9 +13,17 @@ NeMo compiles small CUDA kernels for its graph-captured greedy decoders with NVR
 
 Both are fixed by giving ``run_nvrtc`` (which looks ``nvrtc`` up at call time) a wrapper of the
 ``nvrtc`` module; NeMo's files stay untouched, so a NeMo upgrade cannot silently undo the fix.
+
+NeMo also unpacks ``.nemo`` files with ``tar.extract(..., filter="data")``, which Python only has
+since 3.11.4: on Debian 12's Python 3.11.2 every model load failed with a TypeError. There its
+``safe_extract`` is replaced by one that makes the same checks (no absolute paths, no ``..``, no
+links) plus the filter's own (regular files and directories only) and extracts without the keyword.
 """
 
 from __future__ import annotations
+
+import os
+import sys
 
 from loguru import logger
 
@@ -49,6 +57,49 @@ def _arch_option() -> bytes | None:
 
 
 def apply() -> None:
+    _patch_nvrtc()
+    _patch_tar_extract()
+
+
+def _patch_tar_extract() -> None:
+    import tarfile
+
+    if hasattr(tarfile, "data_filter"):
+        return
+    try:
+        from nemo.utils import tar_utils
+    except ImportError:
+        return
+    if getattr(tar_utils.safe_extract, "nemotron_fix", False):
+        return
+
+    def safe_extract(tar, path, members=None, *, skip_unsafe=False):
+        extract_to = os.path.realpath(path)
+        os.makedirs(extract_to, exist_ok=True)
+        extracted = []
+        for member in tar.getmembers() if members is None else members:
+            member = tar.getmember(member) if isinstance(member, str) else member
+            if tar_utils.is_safe_tar_member(member, extract_to) and (member.isfile() or member.isdir()):
+                tar.extract(member, extract_to)
+                extracted.append(member)
+            elif skip_unsafe:
+                logger.warning(f"skipping potentially unsafe tar member {member.name}")
+            else:
+                raise tar_utils.TarPathTraversalError(f"unsafe tar member: {member.name}")
+        return extracted
+
+    safe_extract.nemotron_fix = True
+    # Every module that imported the function by name, not only where it is defined.
+    for name in ("nemo.utils.tar_utils", "nemo.core.connectors.save_restore_connector",
+                 "nemo.utils.model_utils", "nemo.utils.notebook_utils"):
+        module = sys.modules.get(name)
+        if module is not None and hasattr(module, "safe_extract"):
+            module.safe_extract = safe_extract
+    logger.debug("NeMo extracts .nemo files without tarfile's data filter (Python {})",
+                 sys.version.split()[0])
+
+
+def _patch_nvrtc() -> None:
     try:
         from nemo.core.utils import cuda_python_utils
     except ImportError:

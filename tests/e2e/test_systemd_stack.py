@@ -37,7 +37,7 @@ INSTALL = [
 
 @pytest.fixture(scope="module")
 def box(tiny_asr_model, tiny_tts_model, tmp_path_factory):
-    box = SystemdBox(binds=[VENV, ROOT])
+    box = SystemdBox(binds=[VENV, ROOT, Path(LLAMA_SERVER).parent])
     try:
         box.boot()
         models = Path(f"/proc/{box.pid}/root{MODELS}")
@@ -90,11 +90,12 @@ def health(box, port):
 def test_start_target_orders_llm_after_asr_and_tts_and_logs_to_the_journal(box):
     box.run("systemctl", "start", "nemotron.target", timeout=240)
     for unit in ("nemotron-asr.service", "nemotron-tts.service", "nemotron-llm.service"):
-        assert box.show(unit, "ActiveState") == "active"
+        assert box.show(unit, "ActiveState") == "active", f"{unit} is not active"
     asr_ready = monotonic(box, "nemotron-asr.service", "ActiveEnterTimestampMonotonic")
     tts_ready = monotonic(box, "nemotron-tts.service", "ActiveEnterTimestampMonotonic")
     llm_started = monotonic(box, "nemotron-llm.service", "ExecMainStartTimestampMonotonic")
-    assert 0 < asr_ready < llm_started and 0 < tts_ready < llm_started
+    assert 0 < asr_ready < llm_started, f"nemotron-llm started at {llm_started}, ASR ready at {asr_ready}"
+    assert 0 < tts_ready < llm_started, f"nemotron-llm started at {llm_started}, TTS ready at {tts_ready}"
     journal = box.run("journalctl", "-u", "nemotron-asr", "--no-pager", "-o", "cat").stdout
     assert "listening on ws://127.0.0.1:8080/" in journal and "ready on cpu" in journal
     warnings = box.run("journalctl", "-u", "nemotron-llm", "-p", "warning", "--no-pager", "-o", "cat").stdout

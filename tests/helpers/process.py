@@ -49,11 +49,15 @@ class NotifyListener:
     def fields(self) -> list[str]:
         return [line for _, message in self.messages for line in message.split("\n")]
 
-    def wait_for(self, field: str, timeout: float) -> bool:
+    def wait_for(self, field: str, timeout: float, process: subprocess.Popen | None = None) -> bool:
+        """Whether ``field`` arrived within ``timeout``; False at once when ``process`` exits first."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if field in self.fields():
                 return True
+            if process is not None and process.poll() is not None:
+                time.sleep(0.1)  # a last datagram sent just before the exit
+                return field in self.fields()
             time.sleep(0.05)
         return False
 

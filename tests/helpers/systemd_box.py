@@ -102,9 +102,13 @@ class SystemdBox:
             raise TimeoutError("private systemd did not come up")
         self.run("systemctl", "is-system-running", "--wait", timeout=timeout, check=False)
 
-    def run(self, *command: str, timeout: float = 120, check: bool = True, input: str | None = None):
-        result = subprocess.run(["nsenter", "-t", str(self.pid), "-m", "-u", "-i", "-n", "-p", "-C", "-r", "-w",
-                                 *command], capture_output=True, text=True, timeout=timeout, input=input)
+    def run(self, *command: str, timeout: float = 120, check: bool = True, input: str | None = None,
+            host_network: bool = False):
+        """Run inside the box; ``host_network`` keeps the host's network (an installer that downloads),
+        everything else (files, processes, systemd) is the box's."""
+        namespaces = ["-m", "-u", "-i", "-p", "-C", "-r", "-w"] + ([] if host_network else ["-n"])
+        result = subprocess.run(["nsenter", "-t", str(self.pid), *namespaces, *command], capture_output=True,
+                                text=True, timeout=timeout, input=input)
         if check and result.returncode != 0:
             raise AssertionError(f"{' '.join(command)} -> {result.returncode}\n{result.stdout}\n{result.stderr}")
         return result

@@ -28,7 +28,7 @@ def start(gguf, *extra):
     proc = ServerProcess("nemotron_llm", ["--model", str(gguf), "--llama-server", LLAMA_SERVER,
                                           "--ctx-size", "1024", "--parallel", "2", "--health-interval", "0.5",
                                           "--stop-timeout", "10", *extra])
-    assert proc.notify.wait_for("READY=1", timeout=60), proc.log()
+    assert proc.notify.wait_for("READY=1", timeout=60, process=proc.process), proc.log()
     return proc
 
 

@@ -41,9 +41,9 @@ def test_llama_cpp_plan_builds_for_the_detected_gpu(host, arch):
     assert names(steps) == [
         "system-packages",
         "service-user",
+        "llama-cpp",
         "venv",
         "stack",
-        "llama-cpp",
         "application",
         "models",
         "configuration",
@@ -358,3 +358,12 @@ def test_a_second_install_cannot_interleave_with_a_running_one(tmp_path):
                 pass
     with _single_run(lock):  # released: the next run goes ahead
         pass
+
+
+def test_status_without_systemd_says_why(monkeypatch):
+    from nemotron_install import cli
+
+    monkeypatch.setattr(cli, "_systemd_running", lambda: False)
+    result = CliRunner().invoke(main, ["status", "--config", "/nonexistent.toml"])
+    assert result.exit_code == 0
+    assert "systemd is not running on this machine" in result.output and " ? " not in result.output

@@ -91,3 +91,47 @@ def test_the_pinned_sdist_has_every_anchor():
     source = Path(llama_server()).parents[2] / "src/llama.cpp" / llama_patch.SERVER_SOURCE
     assert llama_patch.MARK in source.read_text()  # patched by the step, edits as reported above
     assert source.read_text().count(llama_patch.MARK) == 2
+
+
+def _tarball(path: Path, members: dict[str, bytes | str]) -> Path:
+    """A tar.gz with regular files (bytes) and symlinks (str targets)."""
+    import io
+    import tarfile
+
+    with tarfile.open(path, "w:gz") as tar:
+        for name, content in members.items():
+            info = tarfile.TarInfo(name)
+            if isinstance(content, str):
+                info.type, info.linkname = tarfile.SYMTYPE, content
+                tar.addfile(info)
+            else:
+                info.size = len(content)
+                tar.addfile(info, io.BytesIO(content))
+    return path
+
+
+@pytest.mark.parametrize("with_filter", [True, False], ids=["data-filter", "python-3.11.2"])
+def test_the_sdist_is_checked_and_unpacked_without_escaping_the_tree(tmp_path, monkeypatch, with_filter):
+    import hashlib
+    import tarfile
+    from dataclasses import replace
+
+    from nemotron_install import llama_source
+    from nemotron_install.lock import load_lock
+
+    if not with_filter:
+        monkeypatch.delattr(tarfile, "data_filter", raising=False)
+    source = "void update_slots() {\n" + LAMBDA_SHAPE + "}\n"
+    good = _tarball(tmp_path / "good.tar.gz", {"pkg/llama.cpp/CMakeLists.txt": b"project(x)\n",
+                                               f"pkg/llama.cpp/{llama_patch.SERVER_SOURCE}": source.encode()})
+    pin = replace(load_lock().llama_cpp, sha256=hashlib.sha256(good.read_bytes()).hexdigest())
+    llama_source.prepare(pin, tmp_path / "src", sdist=good, log=lambda line: None)
+    assert llama_patch.MARK in (tmp_path / "src" / llama_patch.SERVER_SOURCE).read_text()
+    with pytest.raises(llama_source.SourceError, match="is not the lock's"):
+        llama_source.prepare(replace(pin, sha256="0" * 64), tmp_path / "src2", sdist=good, log=print)
+    evil = _tarball(tmp_path / "evil.tar.gz",
+                    {"pkg/llama.cpp/CMakeLists.txt": b"x", "pkg/escape": "../../etc"})
+    evil_pin = replace(pin, sha256=hashlib.sha256(evil.read_bytes()).hexdigest())
+    with pytest.raises((llama_source.SourceError, tarfile.TarError)):
+        llama_source.prepare(evil_pin, tmp_path / "src3", sdist=evil, log=print)
+    assert not (tmp_path / "src3").exists()
