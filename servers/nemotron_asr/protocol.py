@@ -34,7 +34,7 @@ Event = Audio | Reset | ProtocolError
 def parse_text(frame: str) -> Event:
     try:
         message = json.loads(frame)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than the parser goes
         return ProtocolError("text frames must be JSON objects such as {\"type\":\"reset\"}")
     if not isinstance(message, dict):
         return ProtocolError("text frames must be JSON objects such as {\"type\":\"reset\"}")

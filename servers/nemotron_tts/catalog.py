@@ -20,28 +20,43 @@ class Prepared:
     text: str
 
 
+def _optional_string(value: object, field: str) -> str | None:
+    if value is not None and not isinstance(value, str):
+        raise RequestError(f"{field} must be a string, not {type(value).__name__}")
+    return value
+
+
 class Catalog:
-    def __init__(self, voices: list[str], default_voice: str, languages: list[str], tokenize) -> None:
+    def __init__(self, voices: list[str], default_voice: str, languages: list[str], tokenize,
+                 max_text_chars: int = 4000) -> None:
         self.voices = {name: index for index, name in enumerate(voices)}
         self.default_voice = default_voice
         self.languages = languages
+        self.max_text_chars = max_text_chars
         self._tokenize = tokenize
 
-    def voice(self, name: str | None) -> int:
-        name = (name or self.default_voice).strip().lower()
+    def voice(self, name: object) -> int:
+        name = (_optional_string(name, "voice") or self.default_voice).strip().lower()
         if name not in self.voices:
             raise RequestError(f"unknown voice {name!r}; valid voices: {', '.join(self.voices)}")
         return self.voices[name]
 
-    def language(self, code: str | None) -> str:
-        code = (code or "en").strip().lower()
+    def language(self, code: object) -> str:
+        code = (_optional_string(code, "language") or "en").strip().lower()
         if code not in self.languages:
             raise RequestError(f"unknown language {code!r}; valid languages: {', '.join(self.languages)}")
         return code
 
-    def prepare(self, text: object, voice: str | None, language: str | None) -> Prepared:
-        if not isinstance(text, str) or not text.strip():
+    def prepare(self, text: object, voice: object, language: object) -> Prepared:
+        """Model input for one request, or RequestError before anything reaches the engine: a text
+        the model cannot take must never be batched with other clients' texts."""
+        if text is not None and not isinstance(text, str):
+            raise RequestError(f"text must be a string, not {type(text).__name__}")
+        if not text or not text.strip():
             raise RequestError("text is empty")
+        if len(text) > self.max_text_chars:
+            raise RequestError(f"text is longer than {self.max_text_chars} characters; "
+                               "send it as several segments")
         speaker, code = self.voice(voice), self.language(language)
         clean = normalize(text)
         if not clean:

@@ -54,7 +54,7 @@ class TTSService(EngineService):
         if graphs := model.capture(self.config.max_batch):
             logger.info(f"captured {graphs} CUDA graphs of the decoder step, sampling and codec")
         catalog = Catalog(self.config.voice_names, self.config.default_voice.lower(), list(model.languages),
-                          model.tokenize)
+                          model.tokenize, self.config.max_text_chars)
         self.engine = Engine(model, self.config.max_batch, seed=self.config.seed,
                              gather_s=self.config.gather_ms / 1000,
                              continuous=self.config.continuous_batching)

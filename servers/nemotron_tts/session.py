@@ -54,12 +54,13 @@ class StreamSession:
             return self._error("binary frames are not accepted; send JSON text messages")
         try:
             message = json.loads(raw)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested deeper than the parser goes
             return self._error("message is not valid JSON")
         if not isinstance(message, dict):
             return self._error("message must be a JSON object")
+        kind = message.get("type")
         handler = {"init": self._init, "text": self._text, "close": self._close, "cancel": self._cancel,
-                   "ping": self._ping}.get(message.get("type"))
+                   "ping": self._ping}.get(kind) if isinstance(kind, str) else None
         if handler is None:
             return self._error(f"unknown message type {message.get('type')!r}; "
                                "expected init, text, close, cancel or ping")
@@ -74,17 +75,17 @@ class StreamSession:
         self.catalog.voice(voice)
         self.catalog.language(language)
         mode = message.get("default_mode", "stream")
-        if mode not in MODES:
+        if not isinstance(mode, str) or mode not in MODES:
             raise RequestError(f"unknown default_mode {mode!r}; expected stream or batch")
         self.voice, self.language, self.default_mode = voice, language, mode
         self._open_stream()
 
     def _text(self, message: dict) -> None:
         mode = message.get("mode") or self.default_mode
-        if mode not in MODES:
+        if not isinstance(mode, str) or mode not in MODES:
             raise RequestError(f"unknown mode {mode!r}; expected stream or batch")
         preset_name = message.get("preset") or "balanced"
-        if preset_name not in PRESETS:
+        if not isinstance(preset_name, str) or preset_name not in PRESETS:
             raise RequestError(f"unknown preset {preset_name!r}; expected {', '.join(PRESETS)}")
         if len(self.queue) >= MAX_QUEUED_SEGMENTS:
             raise RequestError(f"more than {MAX_QUEUED_SEGMENTS} segments queued; wait for segment_complete")

@@ -79,18 +79,16 @@ class Transport:
             return refusal
         try:
             body = await request.json()
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):
             return _error(400, "body must be a JSON object")
         if not isinstance(body, dict):
             return _error(400, "body must be a JSON object")
         text = body.get("input")
-        if isinstance(text, str) and len(text) > self.max_text_chars:
-            return _error(400, f"input is longer than {self.max_text_chars} characters")
         response_format = body.get("response_format") or "pcm"
-        if response_format not in FORMATS:
+        if not isinstance(response_format, str) or response_format not in FORMATS:
             return _error(400, f"unknown response_format {response_format!r}; valid: {', '.join(FORMATS)}")
         speed = body.get("speed", 1.0)
-        if not isinstance(speed, int | float) or speed != 1.0:
+        if isinstance(speed, bool) or not isinstance(speed, int | float) or speed != 1.0:
             return _error(400, "speed must be 1.0: Magpie has no speaking-rate control")
         try:
             prepared = self.catalog.prepare(text, body.get("voice"), body.get("language"))

@@ -101,6 +101,12 @@ def test_http_pcm_and_real_wav(server):
     ({"input": "hi", "language": "xx"}, "valid languages: en"),
     ({"input": "hi", "response_format": "mp3"}, "valid: pcm, wav"),
     ({"input": "hi", "speed": 2.0}, "speed"),
+    ({"input": "hi", "speed": True}, "speed"),
+    ({"input": "hi", "voice": 5}, "voice must be a string, not int"),
+    ({"input": "hi", "language": 5}, "language must be a string, not int"),
+    ({"input": ["hi"]}, "text must be a string, not list"),
+    ({"input": "hi", "response_format": ["wav"]}, "unknown response_format"),
+    ({"input": "hi " * 2000}, "longer than 4000 characters"),
     (["not", "an", "object"], "JSON object"),
 ])
 def test_http_errors_name_the_problem(server, body, fragment):
@@ -109,8 +115,9 @@ def test_http_errors_name_the_problem(server, body, fragment):
     assert fragment in json.loads(payload)["error"]["message"]
 
 
-def test_http_rejects_broken_json(server):
-    status, _, payload = post(server, None, raw=b"{not json")
+@pytest.mark.parametrize("raw", [b"{not json", b"[" * 5000 + b"]" * 5000])  # nested past the parser
+def test_http_rejects_broken_json(server, raw):
+    status, _, payload = post(server, None, raw=raw)
     assert status == 400 and "JSON" in json.loads(payload)["error"]["message"]
 
 
@@ -206,6 +213,14 @@ def test_bad_messages_get_errors_and_the_session_lives_on(server):
         replies.append(await client.until("error"))
         await client.send(type="text", text="")
         replies.append(await client.until("error"))
+        await client.send(type="init", voice=5)
+        replies.append(await client.until("error"))
+        await client.send(type="text", text="hi", preset=["x"])
+        replies.append(await client.until("error"))
+        await client.send(type=["init"])
+        replies.append(await client.until("error"))
+        await client.ws.send("[" * 5000 + "]" * 5000)
+        replies.append(await client.until("error"))
         await client.send(type="ping")
         pong = await client.until("pong")
         await client.close()
@@ -216,7 +231,39 @@ def test_bad_messages_get_errors_and_the_session_lives_on(server):
     assert "JSON" in messages[0] and "binary" in messages[1] and "dance" in messages[2]
     assert "valid voices" in messages[3] and "valid languages" in messages[4]
     assert "mode" in messages[5] and "empty" in messages[6]
+    assert "voice must be a string" in messages[7] and "unknown preset" in messages[8]
+    assert "unknown message type" in messages[9] and "JSON" in messages[10]
     assert all(r["fatal"] is False for r in replies) and pong == {"type": "pong"}
+
+
+def test_an_over_long_text_is_refused_and_fails_no_other_client(server):
+    """A text the model cannot take is refused at admission, so it never shares a batch: the other
+    client's segments, sent at the same moment, all come back as audio."""
+    async def careless():
+        client = await TTSClient.open(server.ws)
+        await client.send(type="init")
+        await client.until("stream_created")
+        await client.send(type="text", text="word " * 3000)
+        error = await client.until("error")
+        await client.close()
+        return error
+
+    async def bystander():
+        client = await TTSClient.open(server.ws)
+        await client.send(type="init")
+        for n in range(3):
+            await client.send(type="text", text=f"Segment {n} of a careful client.")
+        await client.send(type="close")
+        done = await client.until("done")
+        await client.close()
+        return client.got, done
+
+    async def scenario():
+        return await asyncio.gather(careless(), bystander())
+
+    error, (got, done) = run(scenario())
+    assert "longer than 4000 characters" in error["message"] and error["fatal"] is False
+    assert done["segments_generated"] == 3 and got.messages("error") == []
 
 
 def test_concurrent_clients_get_complete_audio_in_shared_batches(server):

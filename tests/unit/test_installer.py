@@ -156,7 +156,11 @@ def test_changed_inputs_rerun_that_step_and_everything_after_it(tmp_path):
     assert out.read_text().split()[-3:] == ["a", "b", "c"]
 
 
-def test_dry_run_prints_every_command_and_runs_nothing(tmp_path):
+def test_dry_run_prints_every_command_and_runs_nothing(tmp_path, monkeypatch):
+    from nemotron_install import cli
+
+    no_gpu = Host("x86_64", "debian", "12", "3.11.2", None, "", 2, False)
+    monkeypatch.setattr(cli, "detect", lambda python: no_gpu)
     result = CliRunner().invoke(
         main,
         [
@@ -172,7 +176,9 @@ def test_dry_run_prints_every_command_and_runs_nothing(tmp_path):
     )
     assert result.exit_code == 0, result.output
     assert "apt-get install" in result.output and "nemotron_install.llama_source" in result.output
-    assert "preflight would stop a real run" in result.output or "no NVIDIA GPU" not in result.output
+    # What would stop a real run is said, not silently planned around.
+    assert "preflight would stop a real run: no NVIDIA GPU found" in result.output
+    assert "preflight would stop a real run: nemotron-install changes the system" in result.output
     assert "*Q4_K_M*.gguf" in result.output and "right_context = 6" in result.output
     assert "[tts]" not in result.output
     assert not (tmp_path / "opt").exists()

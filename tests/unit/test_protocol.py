@@ -13,7 +13,8 @@ def test_reset_and_end_follow_the_finalize_rule():
 
 
 def test_bad_text_frames_are_errors():
-    frames = ("hello", "[1,2]", '{"type":"pause"}', '{"finalize":true}', '{"type":"reset","finalize":"yes"}')
+    frames = ("hello", "[1,2]", '{"type":"pause"}', '{"finalize":true}', '{"type":"reset","finalize":"yes"}',
+              '{"type":["reset"]}', "[" * 100_000 + "]" * 100_000)
     for frame in frames:
         assert isinstance(parse_text(frame), ProtocolError), frame
 
