@@ -196,11 +196,11 @@ def main(ctx: click.Context, **kwargs) -> None:
       preflight         root, CPU, NVIDIA driver and GPU compute capability, CUDA, disk, Python, network
       system-packages   build tools and libraries (apt)
       service-user      the `nemotron` user, /var/lib/nemotron, /var/cache/nemotron, /etc/nemotron
+      llama-cpp         (llama.cpp modes) llama.cpp from its pinned sdist, patched, built for the
+                        detected CUDA architecture
       venv, stack       a Python 3.12 venv; torch, NeMo and the rest from the stack lock (hashes
                         checked), torch's kernels checked against the GPU
       vllm-venv, vllm   (vllm mode) vLLM's own venv from the vLLM lock
-      llama-cpp         (llama.cpp modes) llama.cpp from its pinned sdist, patched, built for the
-                        detected CUDA architecture
       application       the servers (nemotron-asr, nemotron-tts, nemotron-llm)
       models            found in local Hugging Face caches or downloaded into /var/lib/nemotron/hf
       configuration     /etc/nemotron/nemotron.toml

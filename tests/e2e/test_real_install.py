@@ -102,8 +102,10 @@ def test_every_step_ran_for_real(box):
                    check=False).returncode == 0
 
 
-def test_the_target_starts_with_all_three_ready(box):
+def test_the_target_starts_with_all_three_ready(box, pytestconfig):
+    started = time.monotonic()
     box.run("systemctl", "start", "nemotron.target", timeout=300)
+    ready_s = time.monotonic() - started
     for unit in SERVICES:
         state = f"{box.show(unit, 'ActiveState')} ({box.show(unit, 'SubState')})"
         journal = box.run("journalctl", "-u", unit, "--no-pager", "-o", "cat", "-n", "40").stdout
@@ -114,6 +116,9 @@ def test_the_target_starts_with_all_three_ready(box):
         assert answer.stdout.strip() == "200", (port, answer.stderr[-500:])
     users = {box.show(unit, "User") for unit in SERVICES}
     assert users == {"nemotron"}
+    report(pytestconfig, f"systemctl start nemotron.target, {ready_s:.0f} s",
+           "[ready] " + ", ".join(f"{unit} active (running)" for unit in SERVICES)
+           + "; /health 200 on 8080, 8001 and 8000; running as nemotron")
 
 
 def test_a_second_run_is_a_no_op_in_seconds(box, pytestconfig):
