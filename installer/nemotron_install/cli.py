@@ -15,18 +15,19 @@ import urllib.request
 from pathlib import Path
 
 import click
-from nemotron_common.config import ConfigError, _coerce, _field_type
+from nemotron_common.config import ConfigError, coerce_setting
 
 from . import preflight
 from .host import HOST_PROFILES, detect
 from .lock import DEFAULT_LOCK, LockError, load_lock
-from .plan import MODES, PROFILES, Options, build_plan
+from .plan import MODES, PROFILES, Options, build_plan, python_version
 from .steps import Runner, StepFailed
 from .units import REPO_ROOT, UNIT_NAMES
 
 LOG_DIR = Path("/var/log/nemotron-install")
 LOCK_FILE = Path("/run/nemotron-install.lock")
 DIST_DIR = "dist"  # under --prefix: the wheel install.sh built from the checkout
+DEFAULT_PORTS = {"asr": 8080, "tts": 8001, "llm": 8000}
 
 
 def _default_source(prefix: Path) -> Path:
@@ -59,7 +60,6 @@ class _single_run:
         self.file.truncate(0)
         fcntl.flock(self.file, fcntl.LOCK_UN)
         self.file.close()
-DEFAULT_PORTS = {"asr": 8080, "tts": 8001, "llm": 8000}
 
 
 def _config_value(text: str) -> object:
@@ -92,7 +92,7 @@ def _extra_config(pairs: tuple[str, ...]) -> dict:
             raise click.BadParameter(f"{pair!r}: [{table}] has no setting {name!r} "
                                      f"(known: {', '.join(sorted(fields))})", param_hint="--set")
         try:
-            parsed = _coerce(_field_type(schemas[table], fields[name]), _config_value(value), key)
+            parsed = coerce_setting(schemas[table], fields[name], _config_value(value), key)
         except ConfigError as exc:
             raise click.BadParameter(f"{pair!r}: {exc}", param_hint="--set") from None
         extra.setdefault(table, {})[name] = parsed
@@ -246,7 +246,7 @@ def main(ctx: click.Context, **kwargs) -> None:
         hf_token_file=kwargs["hf_token_file"],
         extra_config=extra,
     )
-    host = HOST_PROFILES[kwargs["for_host"]] if kwargs["for_host"] else detect(options.python or lock.python)
+    host = HOST_PROFILES[kwargs["for_host"]] if kwargs["for_host"] else detect(python_version(options, lock))
     click.echo(f"host: {host.describe()}" + (" (a profile, not this machine)" if kwargs["for_host"] else ""))
     problems = [] if kwargs["for_host"] else preflight.check(host, options, lock)
     try:

@@ -54,12 +54,14 @@ def _extract_safely(tar: tarfile.TarFile, into: Path) -> None:
     root = into.resolve()
     for member in tar.getmembers():
         target = (root / member.name).resolve()
-        linked = (target.parent / member.linkname).resolve() if member.issym() else root / member.linkname
         if not target.is_relative_to(root) or not (member.isfile() or member.isdir() or member.issym()
                                                    or member.islnk()):
             raise SourceError(f"refusing {member.name!r}: outside the tree or not a plain file")
-        if (member.issym() or member.islnk()) and not linked.resolve().is_relative_to(root):
-            raise SourceError(f"refusing {member.name!r}: a link out of the tree")
+        if member.issym() or member.islnk():
+            # A symlink points relative to its own folder, a hard link names a member of the archive.
+            linked = (target.parent if member.issym() else root) / member.linkname
+            if not linked.resolve().is_relative_to(root):
+                raise SourceError(f"refusing {member.name!r}: a link out of the tree")
     tar.extractall(into)
 
 

@@ -13,6 +13,7 @@ from nemotron_common.model_files import repo_dir
 
 from . import llama_build
 from .host import Host
+from .llama_source import sha256_of
 from .lock import Lock
 from .models import Wanted, candidate_caches, find
 from .requirements import headline
@@ -76,13 +77,9 @@ class Options:
         return self.llama_server or str(self.prefix / "llama.cpp/bin/llama-server")
 
     @property
-    def needs_services(self) -> bool:
-        return self.asr or self.tts or self.llm
-
-    @property
     def needs_stack(self) -> bool:
         """The servers' venv: always for ASR and TTS; for the LLM, nemotron-llm itself is in it."""
-        return self.needs_services
+        return self.asr or self.tts or self.llm
 
 
 def _pip(venv: Path, *args: str, env: dict[str, str] | None = None) -> Command:
@@ -90,12 +87,13 @@ def _pip(venv: Path, *args: str, env: dict[str, str] | None = None) -> Command:
                    env=env or {})
 
 
-def _python(options: Options, lock: Lock) -> str:
+def python_version(options: Options, lock: Lock) -> str:
+    """The venvs' Python: --python, else the lock's."""
     return options.python or lock.python
 
 
 def system_packages(options: Options, lock: Lock) -> Step:
-    packages = lock.system_packages(_python(options, lock))
+    packages = lock.system_packages(python_version(options, lock))
     return Step(
         "system-packages",
         "system packages (apt)",
@@ -228,7 +226,7 @@ def vllm(options: Options, host: Host, lock: Lock) -> list[Step]:
     requirements = lock.requirements_file("vllm", options.variant, host.machine)
     venv = options.vllm_venv_dir
     return [
-        new_venv("vllm-venv", "vLLM", venv, _python(options, lock)),
+        new_venv("vllm-venv", "vLLM", venv, python_version(options, lock)),
         Step(
             "vllm",
             f"vLLM from {requirements.name}: {headline(requirements)}",
@@ -243,7 +241,7 @@ def vllm(options: Options, host: Host, lock: Lock) -> list[Step]:
 
 
 def _digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    return sha256_of(path)[:16]
 
 
 def llama_cpp(options: Options, host: Host, lock: Lock) -> Step:
@@ -529,7 +527,7 @@ def build_plan(options: Options, host: Host, lock: Lock) -> list[Step]:
         if options.llm and options.mode != "vllm" and not options.llama_server:
             steps.append(llama_cpp(options, host, lock))
         if options.needs_stack:
-            steps += [new_venv("venv", "the servers", options.venv_dir, _python(options, lock)),
+            steps += [new_venv("venv", "the servers", options.venv_dir, python_version(options, lock)),
                       *stack(options, host, lock)]
         if options.llm and options.mode == "vllm":
             steps += [*vllm(options, host, lock), triton_ptxas(options)]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from .host import Host, free_gib
 from .lock import Lock, LockError
-from .plan import Options
+from .plan import Options, python_version
 
 MIN_DRIVER = 580  # CUDA 13 needs an R580 driver
 MIN_CAPABILITY = (8, 0)  # bf16 and the kernels the stack uses
@@ -111,7 +111,7 @@ def check(
 
 def _python_and_network(host, options, lock, have, reachable) -> list[Problem]:
     problems = []
-    python = options.python or lock.python
+    python = python_version(options, lock)
     if not host.python and not have("apt-get"):
         problems.append(
             Problem(
@@ -133,7 +133,7 @@ def _python_and_network(host, options, lock, have, reachable) -> list[Problem]:
             )
             break
     try:
-        lock.requirements_file("stack", "gpu" if options.profile == "gpu" else "cpu", host.machine)
+        lock.requirements_file("stack", options.variant, host.machine)
     except LockError as exc:
         problems.append(Problem(str(exc), "run installer/update-locks for this machine, or use a host the "
                                           "locks cover (aarch64 or x86_64 with a GPU)"))

@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 _PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)(?:\[[^\]]*\])?==([^\s;\\]+)")
+_HASH = re.compile(r"--hash=sha256:([0-9a-f]{64})")
 # What a CUDA build of torch brings and a CPU build does not; also the build's local version label.
 TORCH_BUILD = re.compile(r"^(torch|triton|cuda-.*|nvidia-.*)$")
 
@@ -14,14 +15,25 @@ def normalize(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-def pins(path: Path) -> dict[str, str]:
-    """Package name (normalized) -> exact version, from a uv/pip-tools requirements file."""
-    found = {}
+def hashed_pins(path: Path) -> dict[str, tuple[str, set[str]]]:
+    """Package name (normalized) -> (exact version, its sha256 hashes), from a uv/pip-tools
+    requirements file."""
+    found: dict[str, tuple[str, set[str]]] = {}
+    name = None
     for line in path.read_text().splitlines():
-        match = _PIN.match(line)
-        if match:
-            found[normalize(match.group(1))] = match.group(2)
+        if match := _PIN.match(line):
+            name = normalize(match.group(1))
+            found[name] = (match.group(2), set())
+        elif name and (hash_ := _HASH.search(line)):
+            found[name][1].add(hash_.group(1))
+        elif not line.startswith(" "):
+            name = None
     return found
+
+
+def pins(path: Path) -> dict[str, str]:
+    """Package name (normalized) -> exact version."""
+    return {name: version for name, (version, _) in hashed_pins(path).items()}
 
 
 def differences(gpu: dict[str, str], cpu: dict[str, str]) -> list[str]:

@@ -73,6 +73,12 @@ def _coerce(kind: type, raw: Any, name: str) -> Any:
         raise ConfigError(f"{name}: {raw!r} is not a valid {kind.__name__}") from None
 
 
+def coerce_setting(schema: type, field: dataclasses.Field, raw: Any, label: str) -> Any:
+    """A raw value (TOML, environment, flag, installer option) as ``field``'s type; ConfigError naming
+    ``label`` otherwise."""
+    return _coerce(_field_type(schema, field), raw, label)
+
+
 def env_name(service: str, field: str) -> str:
     return f"NEMOTRON_{service.upper()}_{field.upper()}"
 

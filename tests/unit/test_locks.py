@@ -7,14 +7,13 @@ lock, and only its torch differs (the parser reads arguments and runs no model).
 
 import json
 import os
-import re
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 from nemotron_install.lock import load_lock
-from nemotron_install.requirements import TORCH_BUILD, differences, normalize, pins
+from nemotron_install.requirements import TORCH_BUILD, differences, hashed_pins, pins
 
 LOCK = load_lock()
 LOCKS = LOCK.path.parent / "locks"
@@ -63,21 +62,6 @@ def test_tests_and_stack_agree_and_the_project_pins_are_the_locked_ones():
     assert f'nemo_toolkit[asr]=={stack["nemo-toolkit"]}' in pyproject
 
 
-def _hashes(path: Path) -> dict[str, tuple[str, set[str]]]:
-    """name -> (version, sha256 hashes) of a lock."""
-    found, name = {}, None
-    for line in path.read_text().splitlines():
-        match = re.match(r"^([A-Za-z0-9][A-Za-z0-9._-]*)(?:\[[^\]]*\])?==(\S+)", line)
-        if match:
-            name = normalize(match.group(1))
-            found[name] = (match.group(2), set())
-        elif name and (hash_ := re.search(r"--hash=sha256:([0-9a-f]{64})", line)):
-            found[name][1].add(hash_.group(1))
-        elif not line.startswith(" "):
-            name = None
-    return found
-
-
 def _pypi_files(name: str) -> list[dict]:
     request = urllib.request.Request(f"https://pypi.org/simple/{name}/",
                                      headers={"Accept": "application/vnd.pypi.simple.v1+json"})
@@ -96,7 +80,7 @@ def test_every_pinned_file_is_in_its_registry():
     """Each pin's hashes name real files: PyPI's, or for the CPU torch the local wheel CI installs."""
     wanted: dict[str, dict[str, set[str]]] = {}
     for path in ALL:
-        for name, (version, hashes) in _hashes(path).items():
+        for name, (version, hashes) in hashed_pins(path).items():
             assert hashes, f"{path.name}: {name} has no hash"
             wanted.setdefault(name, {}).setdefault(version, set()).update(hashes)
     with ThreadPoolExecutor(16) as pool:
