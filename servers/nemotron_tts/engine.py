@@ -215,9 +215,9 @@ class Engine:
                 if running:
                     batch.step()
             except Exception as exc:  # noqa: BLE001 - a failing step fails its jobs, not the service
-                self._fail(running + [r for r in new if r not in running], exc)
-                running = []
+                failed, running = running + [r for r in new if r not in running], []
                 self.continuous = batch = type(batch)(self.model)
+                self._isolate(failed, exc)
                 continue
             self.batches += 1
             self.batched_jobs += len(batch)
@@ -245,20 +245,34 @@ class Engine:
         try:
             self.model.generate([r.utterance() for r in running], on_step)
         except Exception as exc:  # noqa: BLE001 - one bad batch must not take the service down
-            self._fail(live, exc)
+            self._isolate(live, exc)
             return
         finally:
             self.busy = False
         self._flush(live, live)
 
+    def _isolate(self, running: list[_Running], exc: Exception) -> None:
+        """A failed batch fails only the item that broke it: every job that has sent no audio yet
+        runs again alone (so a retry can never repeat audio a client already has); a job that has,
+        or one that failed alone, gets the error."""
+        retry = [r for r in running if len(running) > 1 and not r.job.sent_bytes
+                 and not r.job.cancelled.is_set() and not _fatal(exc)]
+        self._fail([r for r in running if r not in retry], exc)
+        if retry:
+            logger.warning(f"retrying {len(retry)} segments of the failed batch one at a time")
+        for r in retry:
+            r.decoder.close()
+            self._generate([r.job])
+
     def _fail(self, running: list[_Running], exc: Exception) -> None:
-        logger.opt(exception=exc).error(f"generation failed for a batch of {len(running)}: {exc}")
+        if running:
+            logger.opt(exception=exc).error(f"generation failed for {len(running)} segments: {exc}")
         for r in running:
             r.decoder.close()
             r.job.on_done(0.0, f"speech generation failed: {exc}")
         if isinstance(exc, torch.cuda.OutOfMemoryError):
             torch.cuda.empty_cache()
-        elif "CUDA error" in str(exc):
+        elif _fatal(exc):
             raise exc  # the CUDA context is unusable: fail the engine, so systemd restarts the service
 
     def _flush(self, running: list[_Running], final: list[_Running]) -> list[_Running]:
@@ -285,3 +299,8 @@ class Engine:
                 pcm = to_pcm16(audio)
                 job.sent_bytes += len(pcm)
                 job.on_audio(pcm)
+
+
+def _fatal(exc: Exception) -> bool:
+    """A CUDA error (not an out-of-memory) leaves the context unusable: nothing may run again."""
+    return "CUDA error" in str(exc) and not isinstance(exc, torch.cuda.OutOfMemoryError)

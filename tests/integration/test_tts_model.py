@@ -319,6 +319,43 @@ def test_engine_finishes_a_job_at_its_own_last_frame(tiny_tts_model, continuous)
     assert later_audio and first_done not in later_audio  # the others still spoke after it finished
 
 
+@pytest.mark.parametrize("continuous", [False, True], ids=["fixed", "continuous"])
+def test_a_job_the_model_cannot_take_fails_alone(tiny_tts_model, continuous):
+    """A segment that breaks the model mid-batch (a token id past the text embedding: what an
+    over-long text did before admission checked it) fails; the others of its batch get their audio."""
+    from nemotron_tts.engine import Engine, Job
+
+    model = SpeechModel(tiny_tts_model, "cpu", use_cfg=False)
+    good = model.tokenize(TEXT, "en")
+    broken = [chunk.clone() for chunk in good]
+    broken[0][1] = 10**6
+    outcome, audio = {}, {}
+    done = threading.Event()
+
+    def job(name, chunks):
+        def on_done(_ms, error):
+            outcome[name] = error
+            if len(outcome) == 3:
+                done.set()
+        return Job(chunks, 0, client=object(), on_done=on_done, preset=PRESETS["balanced"],
+                   on_audio=lambda pcm: audio.setdefault(name, []).append(pcm))
+
+    engine = Engine(model, max_batch=4, seed=3, continuous=continuous)
+    for name, chunks in [("first", good), ("broken", broken), ("last", good)]:
+        engine.submit(job(name, chunks))
+    engine.start()
+    try:
+        assert done.wait(120)
+    finally:
+        engine.stop()
+    assert outcome["first"] is None and outcome["last"] is None
+    assert "index out of range" in outcome["broken"] and "broken" not in audio
+    assert audio["first"] and audio["last"]
+    assert not engine.failed.is_set()
+    if not continuous:  # (continuous admission fails before the step that counts the batch)
+        assert engine.largest_batch == 3
+
+
 def continuous(model, joins, texts, speakers=None):
     """Generate ``texts`` in one ContinuousBatch, text ``i`` joining after ``joins[i]`` steps."""
     speakers = speakers or list(range(len(texts)))
