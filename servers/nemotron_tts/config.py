@@ -35,6 +35,8 @@ class TTSConfig:
     gather_ms: float = setting(5.0, "an idle engine gathers a burst of segments in steps of this long "
                                     "(a lone segment waits a fifth of it)")
     max_sessions: int = setting(64, "concurrent WebSocket clients; more are refused with 503", check=positive)
+    idle_timeout: float = setting(10.0, "seconds a new connection may send nothing before it is closed",
+                                  check=positive)
     max_text_chars: int = setting(4000, "longest text one request may carry", check=positive)
     seed: int = setting(0, "seed sampling before each batch (0 = random; set it for reproducible audio)")
     drain_timeout: float = setting(30.0, "seconds open streams get to finish on shutdown", check=positive)

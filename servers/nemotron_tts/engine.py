@@ -89,6 +89,7 @@ class Engine:
         self.batches = 0  # fixed batches, or continuous decoder steps
         self.batched_jobs = 0
         self.largest_batch = 0
+        self.cancelled = 0  # jobs stopped early by their client (or by shutdown)
         self.continuous = None
         if continuous and model.static is not None:
             from .continuous import ContinuousBatch
@@ -121,7 +122,8 @@ class Engine:
     def summary(self) -> dict:
         mean = self.batched_jobs / self.batches if self.batches else 0.0
         return {"queued": self.queued, "continuous": self.continuous is not None, "batches": self.batches,
-                "mean_batch": round(mean, 2), "largest_batch": self.largest_batch}
+                "mean_batch": round(mean, 2), "largest_batch": self.largest_batch,
+                "cancelled": self.cancelled}
 
     def _take_all(self) -> list[Job]:
         with self._lock:
@@ -140,6 +142,7 @@ class Engine:
             for job in list(self._jobs):
                 if job.cancelled.is_set():
                     self._jobs.remove(job)
+                    self.cancelled += 1
                     job.on_done(0.0, None)
                     continue
                 alone = len(job.chunks) > 1
@@ -290,6 +293,7 @@ class Engine:
         self._send_windows([job for job, _ in windows], [window for _, window in windows])
         for r in final:
             r.decoder.close()
+            self.cancelled += r.job.cancelled.is_set()
             r.job.on_done(duration_ms(r.job.sent_bytes, self.model.sample_rate), None)
         return [r for r in running if r not in final]
 

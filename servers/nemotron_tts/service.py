@@ -28,7 +28,7 @@ class TTSService(EngineService):
         self.codec_path = codec_path
         self.engine: Engine | None = None
         self.transport = Transport(self.health, config.host, config.port, config.max_sessions,
-                                   config.max_text_chars)
+                                   config.max_text_chars, config.idle_timeout)
 
     def engine_details(self) -> dict:
         return {"engine": self.engine.summary()}

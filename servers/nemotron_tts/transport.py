@@ -15,32 +15,63 @@ from nemotron_common.health import HEALTH_PATHS, Health
 
 from .audio import duration_ms, wav_file
 from .catalog import RequestError
-from .engine import Job
 from .session import StreamSession
+from .speech import SpeechRequest, log_broken, streaming_wav_header
 
 if TYPE_CHECKING:
     from .catalog import Catalog
     from .engine import Engine
 
 FORMATS = ("pcm", "wav")
+# Unsent audio one WebSocket may hold: about 12 minutes at 22.05 kHz, far beyond any client that
+# plays what it receives, and small next to the server's memory.
+MAX_UNSENT_BYTES = 32 * 2**20
 
 
 def _error(status: int, message: str) -> web.Response:
     return web.json_response({"error": {"message": message, "code": status}}, status=status)
 
 
+class Outbox(asyncio.Queue):
+    """What one WebSocket client has yet to be sent, bounded in bytes: a client that stops reading
+    while its audio keeps coming loses its stream and its connection, not the server's memory."""
+
+    def __init__(self, limit_bytes: int = MAX_UNSENT_BYTES) -> None:
+        super().__init__()
+        self.limit_bytes = limit_bytes
+        self.unsent = 0
+        self.on_overflow = lambda: None
+
+    def push(self, item: str | bytes | None) -> None:
+        over = self.unsent > self.limit_bytes
+        if item is not None and over:
+            return  # already over: the overflow handler has closed the stream
+        self.unsent += len(item or b"")
+        self.put_nowait(item)
+        if not over and self.unsent > self.limit_bytes:
+            self.on_overflow()
+
+    def _get(self):
+        item = super()._get()
+        self.unsent -= len(item or b"")
+        return item
+
+
 class Transport:
-    def __init__(self, health: Health, host: str, port: int, max_sessions: int, max_text_chars: int) -> None:
+    def __init__(self, health: Health, host: str, port: int, max_sessions: int, max_text_chars: int,
+                 idle_timeout_s: float = 10.0) -> None:
         self.health = health
         self.host, self.port = host, port
         self.max_sessions = max_sessions
         self.max_text_chars = max_text_chars
+        self.idle_timeout_s = idle_timeout_s
         self.engine: Engine | None = None  # set once the model is warm
         self.catalog: Catalog | None = None
         self.sample_rate = 0
         self.sessions: set[StreamSession] = set()
-        self.sockets: dict[web.WebSocketResponse, asyncio.Queue] = {}
-        self.requests: set[Job] = set()
+        self.sockets: dict[web.WebSocketResponse, Outbox] = {}
+        self.requests: set[SpeechRequest] = set()
+        self.closing = False
         self._runner: web.AppRunner | None = None
 
     async def start(self) -> None:
@@ -50,7 +81,10 @@ class Transport:
         app.router.add_get("/ws/tts/stream", self._stream)
         for path in HEALTH_PATHS:
             app.router.add_get(path, self._health)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
+        # handler_cancellation: a client that disconnects cancels its handler, and so its job.
+        # keepalive_timeout: a connection that sends no request is closed after it, as ASR does.
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0,
+                                     handler_cancellation=True, keepalive_timeout=self.idle_timeout_s)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port)
         await site.start()
@@ -74,7 +108,7 @@ class Transport:
                                   "voices": list(catalog.voices), "default_voice": catalog.default_voice,
                                   "languages": list(catalog.languages)})
 
-    async def _speech(self, request: web.Request) -> web.Response:
+    async def _speech(self, request: web.Request) -> web.StreamResponse:
         if (refusal := self._not_ready()) is not None:
             return refusal
         try:
@@ -83,44 +117,66 @@ class Transport:
             return _error(400, "body must be a JSON object")
         if not isinstance(body, dict):
             return _error(400, "body must be a JSON object")
-        text = body.get("input")
         response_format = body.get("response_format") or "pcm"
         if not isinstance(response_format, str) or response_format not in FORMATS:
             return _error(400, f"unknown response_format {response_format!r}; valid: {', '.join(FORMATS)}")
         speed = body.get("speed", 1.0)
         if isinstance(speed, bool) or not isinstance(speed, int | float) or speed != 1.0:
             return _error(400, "speed must be 1.0: Magpie has no speaking-rate control")
+        stream = body.get("stream", True)
+        if not isinstance(stream, bool):
+            return _error(400, "stream must be true or false")
         try:
-            prepared = self.catalog.prepare(text, body.get("voice"), body.get("language"))
+            prepared = self.catalog.prepare(body.get("input"), body.get("voice"), body.get("language"))
         except RequestError as exc:
             return _error(400, str(exc))
-        pcm, error = await self._synthesise(prepared)
-        if error:
-            return _error(500, error)
-        headers = {"X-Sample-Rate": str(self.sample_rate), "X-Channels": "1", "X-Encoding": "pcm_s16le",
-                   "X-Duration-Ms": f"{duration_ms(len(pcm), self.sample_rate):.1f}"}
-        if response_format == "wav":
-            body = wav_file(pcm, self.sample_rate)
-            return web.Response(body=body, content_type="audio/wav", headers=headers)
-        return web.Response(body=pcm, content_type="audio/pcm", headers=headers)
-
-    async def _synthesise(self, prepared) -> tuple[bytes, str | None]:
-        loop = asyncio.get_running_loop()
-        finished: asyncio.Future = loop.create_future()
-        pieces: list[bytes] = []
-
-        def done(_ms: float, error: str | None) -> None:
-            loop.call_soon_threadsafe(lambda: finished.done() or finished.set_result(error))
-
-        job = Job(prepared.chunks, prepared.speaker, client=object(), on_audio=pieces.append, on_done=done)
-        self.requests.add(job)
-        self.engine.submit(job)
+        speech = SpeechRequest(prepared, stream)
+        self.requests.add(speech)
+        self.engine.submit(speech.job)
         try:
-            error = await finished
+            if stream:
+                return await self._stream_body(request, speech, response_format)
+            return await self._whole_body(speech, response_format)
         finally:
-            job.cancelled.set()  # no-op when finished; stops the work when the client went away
-            self.requests.discard(job)
-        return b"".join(pieces), error
+            speech.cancel()
+            self.requests.discard(speech)
+
+    def _audio_headers(self) -> dict[str, str]:
+        return {"X-Sample-Rate": str(self.sample_rate), "X-Channels": "1", "X-Encoding": "pcm_s16le"}
+
+    def _failed(self, speech: SpeechRequest) -> web.Response:
+        return _error(503 if self.closing else 500, speech.error or "no audio")
+
+    async def _whole_body(self, speech: SpeechRequest, response_format: str) -> web.Response:
+        """``"stream": false``: the whole utterance at once, with its length in ``X-Duration-Ms``."""
+        pcm = await speech.whole()
+        if speech.error:
+            return self._failed(speech)
+        headers = self._audio_headers()
+        headers["X-Duration-Ms"] = f"{duration_ms(len(pcm), self.sample_rate):.1f}"
+        if response_format == "wav":
+            pcm = wav_file(pcm, self.sample_rate)
+        return web.Response(body=pcm, content_type=f"audio/{response_format}", headers=headers)
+
+    async def _stream_body(self, request: web.Request, speech: SpeechRequest, response_format: str):
+        piece = await speech.pieces.get()  # the status waits for the first audio or the failure
+        if piece is None:
+            return self._failed(speech)
+        response = web.StreamResponse(headers=self._audio_headers())
+        response.content_type = "audio/wav" if response_format == "wav" else "audio/pcm"
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        if response_format == "wav":
+            await response.write(streaming_wav_header(self.sample_rate))
+        while piece is not None:
+            await response.write(piece)
+            piece = await speech.pieces.get()
+        if speech.error:
+            log_broken(speech.error)
+            request.transport.abort()  # no terminating chunk: the client sees the body is cut short
+            return response
+        await response.write_eof()
+        return response
 
     async def _stream(self, request: web.Request) -> web.StreamResponse:
         if (refusal := self._not_ready()) is not None:
@@ -129,8 +185,14 @@ class Transport:
             return _error(503, f"too many sessions (limit {self.max_sessions})")
         socket = web.WebSocketResponse(heartbeat=20.0, max_msg_size=4 * self.max_text_chars + 4096)
         await socket.prepare(request)
-        outbox: asyncio.Queue[str | bytes | None] = asyncio.Queue()
-        session = StreamSession(self.engine, self.catalog, outbox.put_nowait)
+        outbox = Outbox()
+        session = StreamSession(self.engine, self.catalog, outbox.push)
+
+        def overflow() -> None:
+            session.cancel()
+            asyncio.ensure_future(socket.close(code=1008, message=b"client does not read its audio"))
+
+        outbox.on_overflow = overflow
         writer = asyncio.ensure_future(self._write(socket, outbox))
         self.sessions.add(session)
         self.sockets[socket] = outbox
@@ -142,12 +204,12 @@ class Transport:
             session.cancel()
             self.sessions.discard(session)
             self.sockets.pop(socket, None)
-            outbox.put_nowait(None)
+            outbox.push(None)
             await writer
         return socket
 
     @staticmethod
-    async def _write(socket: web.WebSocketResponse, outbox: asyncio.Queue) -> None:
+    async def _write(socket: web.WebSocketResponse, outbox: Outbox) -> None:
         while (item := await outbox.get()) is not None:
             try:
                 if not socket.closed:
@@ -160,8 +222,9 @@ class Transport:
     async def drain(self, timeout_s: float) -> None:
         """Let every open stream finish what it has queued, then close the sockets."""
         busy = [session.idle.wait() for session in self.sessions if not session.idle.is_set()]
+        busy += [speech.finished.wait() for speech in self.requests if not speech.finished.is_set()]
         if busy:
-            logger.info(f"waiting up to {timeout_s:g} s for {len(busy)} streams to finish")
+            logger.info(f"waiting up to {timeout_s:g} s for {len(busy)} streams and requests to finish")
             _, pending = await asyncio.wait([asyncio.ensure_future(b) for b in busy], timeout=timeout_s)
             if pending:
                 logger.warning(f"{len(pending)} streams did not finish in time; cancelling them")
@@ -173,8 +236,9 @@ class Transport:
             await socket.close(code=1001, message=b"server shutting down")
 
     async def close(self) -> None:
-        for job in list(self.requests):
-            job.cancelled.set()
+        self.closing = True
+        for speech in list(self.requests):
+            speech.cancel()
         for session in list(self.sessions):
             session.cancel()
         if self._runner is not None:

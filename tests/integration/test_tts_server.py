@@ -4,6 +4,8 @@ import asyncio
 import io
 import json
 import signal
+import socket
+import time
 import urllib.error
 import urllib.request
 import wave
@@ -24,7 +26,8 @@ def server(tiny_tts_model, request):
     """The whole contract is checked with fixed batches and with continuous batching."""
     mode = ["--continuous-batching"] if request.param == "continuous" else []
     proc = ServerProcess("nemotron_tts", ["--model", str(tiny_tts_model), "--device", "cpu", *mode,
-                                          "--seed", str(SEED), "--max-sessions", "6", "--max-batch", "8"],
+                                          "--seed", str(SEED), "--max-sessions", "6", "--max-batch", "8",
+                                          "--idle-timeout", "2"],
                          env={"WATCHDOG_USEC": "1000000", "JOURNAL_STREAM": "8:1"})
     proc.wait_listening()
     proc.health_while_starting = proc.health()
@@ -79,17 +82,59 @@ def test_audio_config(server):
 
 def test_http_pcm_and_real_wav(server):
     status, headers, pcm = post(server, {"input": TEXT, "voice": "aria", "language": "en", "model": "ignored",
-                                         "response_format": "pcm", "speed": 1.0})
+                                         "response_format": "pcm", "speed": 1.0, "stream": False})
     assert status == 200
     assert headers["X-Sample-Rate"] == "22050" and headers["X-Channels"] == "1"
     assert headers["X-Encoding"] == "pcm_s16le"
     assert len(pcm) > 0 and len(pcm) % (2 * SAMPLES_PER_FRAME) == 0
     assert float(headers["X-Duration-Ms"]) == pytest.approx(len(pcm) / 2 / 22050 * 1000, abs=0.1)
-    status, headers, body = post(server, {"input": TEXT, "response_format": "wav"})
+    status, headers, body = post(server, {"input": TEXT, "response_format": "wav", "stream": False})
     assert status == 200 and headers["Content-Type"] == "audio/wav"
     with wave.open(io.BytesIO(body)) as w:
         assert (w.getnchannels(), w.getsampwidth(), w.getframerate()) == (1, 2, 22050)
         assert w.getnframes() * 2 == len(pcm)  # same seed, same voice: the same utterance
+
+
+def _same_audio(a: bytes, b: bytes) -> bool:
+    a, b = np.frombuffer(a, "<i2").astype(int), np.frombuffer(b, "<i2").astype(int)
+    return a.shape == b.shape and np.abs(a - b).max() <= 1  # float rounding of other decode sizes: 1 LSB
+
+
+def test_http_body_streams_as_it_is_made(server):
+    """By default the body is chunked PCM (or a WAV header, then PCM) sent as the audio is decoded,
+    and it is the same utterance the buffered answer gives."""
+    _, _, whole = post(server, {"input": TEXT, "stream": False})
+    status, headers, pcm = post(server, {"input": TEXT})
+    assert status == 200 and headers["Transfer-Encoding"] == "chunked" and "X-Duration-Ms" not in headers
+    assert headers["Content-Type"] == "audio/pcm" and headers["X-Sample-Rate"] == "22050"
+    assert _same_audio(pcm, whole)
+    status, headers, body = post(server, {"input": TEXT, "response_format": "wav"})
+    assert status == 200 and headers["Content-Type"] == "audio/wav"
+    with wave.open(io.BytesIO(body)) as w:  # sizes unknown when the header went out
+        assert (w.getnchannels(), w.getsampwidth(), w.getframerate()) == (1, 2, 22050)
+        assert _same_audio(w.readframes(10**9), whole)
+
+
+def test_a_dropped_http_request_stops_its_synthesis(server):
+    """A client that hangs up frees its batch row: the engine stops the job instead of finishing it."""
+    before = server.health()[1]["engine"]["cancelled"]
+    body = json.dumps({"input": " ".join(f"Sentence number {i} of a long reply." for i in range(40))})
+    with socket.create_connection(("127.0.0.1", server.port)) as raw:
+        raw.sendall(f"POST /v1/audio/speech HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                    f"Content-Length: {len(body)}\r\n\r\n{body}".encode())
+        time.sleep(0.3)
+    deadline = time.monotonic() + 30
+    while server.health()[1]["engine"]["cancelled"] == before and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert server.health()[1]["engine"]["cancelled"] == before + 1
+
+
+def test_a_connection_that_sends_nothing_is_closed(server):
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", server.port)) as raw:
+        raw.settimeout(30)
+        assert raw.recv(1) == b""
+    assert 1.5 < time.monotonic() - started < 10  # --idle-timeout 2
 
 
 @pytest.mark.parametrize(("body", "fragment"), [
@@ -102,6 +147,7 @@ def test_http_pcm_and_real_wav(server):
     ({"input": "hi", "response_format": "mp3"}, "valid: pcm, wav"),
     ({"input": "hi", "speed": 2.0}, "speed"),
     ({"input": "hi", "speed": True}, "speed"),
+    ({"input": "hi", "stream": "yes"}, "stream must be true or false"),
     ({"input": "hi", "voice": 5}, "voice must be a string, not int"),
     ({"input": "hi", "language": 5}, "language must be a string, not int"),
     ({"input": ["hi"]}, "text must be a string, not list"),
@@ -304,16 +350,19 @@ def test_sigterm_drains_queued_segments_then_closes(tiny_tts_model):
         await client.send(type="text", text=TEXT, mode="stream")
         await client.send(type="text", text="And one more after it.", mode="batch")
         await client.until("stream_created")
+        http = asyncio.ensure_future(asyncio.to_thread(post, proc, {"input": "Speech asked over HTTP."}))
+        await asyncio.sleep(0.5)  # in flight
         proc.process.send_signal(signal.SIGTERM)
         completes = [await client.until("segment_complete", 150), await client.until("segment_complete", 150)]
         with pytest.raises(Exception) as closed:
             await client.receive(timeout=60)
-        return completes, getattr(closed.value, "rcvd", None)
+        return completes, getattr(closed.value, "rcvd", None), await http
 
     try:
-        completes, close_frame = asyncio.run(asyncio.wait_for(scenario(), 400))
+        completes, close_frame, (status, _, pcm) = asyncio.run(asyncio.wait_for(scenario(), 400))
         assert proc.process.wait(60) == 0
     finally:
         proc.terminate()
     assert [c["segment"] for c in completes] == [1, 2]
     assert close_frame is not None and close_frame.code == 1001
+    assert status == 200 and len(pcm) > 0 and len(pcm) % (2 * SAMPLES_PER_FRAME) == 0
