@@ -21,6 +21,7 @@ class ASRConfig:
     dtype: str = setting("auto", "encoder precision (auto = bfloat16 on CUDA, float32 on CPU)",
                          choices=("auto", "float32", "bfloat16", "float16"))
     cuda_graphs: bool = setting(True, "replay encoder steps from CUDA graphs (CUDA only)")
+    cpu_threads: int = setting(0, "torch intra-op threads (0 = 1 on a GPU, the usable cores on the CPU)")
     max_sessions: int = setting(512, "concurrent streams; more are refused with an error",
                                 check=positive)
     max_batch: int = setting(512, "most streams in one batched step", check=positive)

@@ -22,9 +22,11 @@ def load_engine(config: ASRConfig, model_path: Path,
                 progress: Callable[[str, float], None]) -> tuple[Engine, str, float]:
     """A running, warmed-up engine, the device it runs on and the warmup's seconds."""
     from nemotron_common import nemo_fixes
+    from nemotron_common.devices import set_cpu_threads
     from nemotron_common.gpu import wait_for_devices
 
     wait_for_devices(config.device, progress)
+    logger.info(f"torch intra-op threads: {set_cpu_threads(config.cpu_threads, config.device)}")
     log_device()
     progress(f"loading {model_path.name}", LOAD_BUDGET_S)
     started = time.monotonic()

@@ -34,11 +34,13 @@ class TTSService(EngineService):
         return {"engine": self.engine.summary()}
 
     def load_and_warm_up(self, progress: Progress) -> str:
+        from nemotron_common.devices import set_cpu_threads
         from nemotron_common.gpu import wait_for_devices
 
         from .model import SpeechModel
 
         wait_for_devices(self.config.device, progress)
+        logger.info(f"torch intra-op threads: {set_cpu_threads(self.config.cpu_threads, self.config.device)}")
         progress(f"loading {self.model_path.name}", LOAD_BUDGET_S)
         started = time.monotonic()
         model = SpeechModel(self.model_path, self.config.device, use_cfg=self.config.cfg,

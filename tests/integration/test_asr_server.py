@@ -70,6 +70,11 @@ def test_journal_priorities_in_the_log(server):
     assert "<5>" in server.log() and "ready on cpu" in server.log()
 
 
+def test_the_engine_process_uses_the_cores_it_may(server):
+    """On the CPU the default is every core in the affinity mask, set on purpose in the engine child."""
+    assert f"torch intra-op threads: {len(os.sched_getaffinity(0))}" in server.log()
+
+
 def test_final_transcript_equals_offline_and_resets_behave(server, offline):
     first, second = clip(2.37, 3), clip(1.3, 0)
     expected_first, expected_second = offline(first), offline(second)

@@ -27,7 +27,7 @@ def server(tiny_tts_model, request):
     mode = ["--continuous-batching"] if request.param == "continuous" else []
     proc = ServerProcess("nemotron_tts", ["--model", str(tiny_tts_model), "--device", "cpu", *mode,
                                           "--seed", str(SEED), "--max-sessions", "6", "--max-batch", "8",
-                                          "--idle-timeout", "2"],
+                                          "--idle-timeout", "2", "--cpu-threads", "1"],
                          env={"WATCHDOG_USEC": "1000000", "JOURNAL_STREAM": "8:1"})
     proc.wait_listening()
     proc.health_while_starting = proc.health()
@@ -62,6 +62,7 @@ def test_readiness_reported_to_systemd_after_warmup(server):
     assert any(f.startswith("STATUS=warming up") for f in before)
     assert server.notify.wait_for("WATCHDOG=1", timeout=5)
     assert "<5>" in server.log() and "ready on cpu" in server.log()
+    assert "torch intra-op threads: 1" in server.log()
     for path in ("/health", "/v1/health/ready", "/v1/health/live"):
         status, body = server.health(path)
         assert status == 200 and body["status"] == "healthy" and body["model_loaded"] is True
