@@ -15,6 +15,10 @@ class ASRConfig:
     hf_cache: str = setting("", "Hugging Face hub cache to look up model ids in (default: HF_HUB_CACHE)")
     host: str = setting("127.0.0.1", "address to bind")
     port: int = setting(8080, "TCP port for the WebSocket and /health", check=port_number)
+    api_key_file: str = setting("", "file with the API key clients must send as Authorization: Bearer "
+                                "(default: the unit's api-key credential, if it loads one; else none)")
+    allowed_origins: str = setting("", "browser origins (scheme://host:port, comma-separated, * for any) "
+                                   "allowed to connect; requests without an Origin are not browsers")
     right_context: int = setting(1, "encoder right context: 0/1/6/13 = 80/160/560/1120 ms chunks",
                                  choices=tuple(RIGHT_CONTEXT_MS))
     device: str = setting("auto", "torch device: auto, cpu, cuda or cuda:N")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from loguru import logger
+from nemotron_common.access import Access
 from nemotron_common.lifecycle import Progress
 from nemotron_common.service import EngineService
 
@@ -19,8 +21,10 @@ class ASRService(EngineService):
         super().__init__("asr", model_path, config.max_sessions)
         self.config = config
         self.engine: RemoteEngine | None = None
+        access = Access.from_settings(config.api_key_file, config.allowed_origins)
+        logger.info(f"access: {access.describe()}")
         self.transport = Transport(self.health, config.host, config.port, config.max_sessions,
-                                   config.max_frame_bytes)
+                                   config.max_frame_bytes, access)
 
     def engine_details(self) -> dict:
         return {"steps": self.engine.steps}

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import http
+import json
 from typing import TYPE_CHECKING
 
 from loguru import logger
+from nemotron_common.access import Access
 from nemotron_common.health import HEALTH_PATHS, Health
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
@@ -35,8 +37,9 @@ def json_response(status: int, body: bytes) -> Response:
 
 class Transport:
     def __init__(self, health: Health, host: str, port: int, max_sessions: int,
-                 max_frame_bytes: int) -> None:
+                 max_frame_bytes: int, access: Access | None = None) -> None:
         self.health = health
+        self.access = access or Access()
         self.host, self.port = host, port
         self.max_sessions = max_sessions
         self.max_frame_bytes = max_frame_bytes
@@ -66,6 +69,9 @@ class Transport:
         path = request.path.split("?", 1)[0]
         if path in HEALTH_PATHS:
             return json_response(*self.health.encode(path))
+        if (refusal := self.access.refusal(request.headers)) is not None:
+            status, message = refusal
+            return json_response(status, json.dumps({"error": message}).encode())
         if path not in STREAM_PATHS:
             return json_response(404, b'{"error":"not found; the ASR WebSocket is at /"}')
         if self.engine is None or not self.health.ready or not self.accepting:

@@ -16,6 +16,10 @@ class TTSConfig:
     hf_cache: str = setting("", "Hugging Face hub cache to look up model ids in (default: HF_HUB_CACHE)")
     host: str = setting("127.0.0.1", "address to bind")
     port: int = setting(8001, "TCP port for HTTP, the WebSocket and /health", check=port_number)
+    api_key_file: str = setting("", "file with the API key clients must send as Authorization: Bearer "
+                                "(default: the unit's api-key credential, if it loads one; else none)")
+    allowed_origins: str = setting("", "browser origins (scheme://host:port, comma-separated, * for any) "
+                                   "allowed to connect; requests without an Origin are not browsers")
     device: str = setting("auto", "torch device: auto, cpu, cuda or cuda:N")
     voices: str = setting(VOICES, "voice names for the model's baked speakers, in speaker-index order")
     default_voice: str = setting("aria", "voice used when a request names none")

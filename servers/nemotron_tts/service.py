@@ -8,6 +8,7 @@ from pathlib import Path
 
 from loguru import logger
 from nemotron_common import nemo_fixes
+from nemotron_common.access import Access
 from nemotron_common.lifecycle import Progress
 from nemotron_common.service import EngineService
 
@@ -27,8 +28,10 @@ class TTSService(EngineService):
         self.config = config
         self.codec_path = codec_path
         self.engine: Engine | None = None
+        access = Access.from_settings(config.api_key_file, config.allowed_origins)
+        logger.info(f"access: {access.describe()}")
         self.transport = Transport(self.health, config.host, config.port, config.max_sessions,
-                                   config.max_text_chars, config.idle_timeout)
+                                   config.max_text_chars, config.idle_timeout, access)
 
     def engine_details(self) -> dict:
         return {"engine": self.engine.summary()}

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from aiohttp import WSMsgType, web
 from loguru import logger
+from nemotron_common.access import Access
 from nemotron_common.health import HEALTH_PATHS, Health
 
 from .audio import duration_ms, wav_file
@@ -30,6 +31,13 @@ MAX_UNSENT_BYTES = 32 * 2**20
 
 def _error(status: int, message: str) -> web.Response:
     return web.json_response({"error": {"message": message, "code": status}}, status=status)
+
+
+def _cors(origin: str) -> dict[str, str]:
+    return {"Access-Control-Allow-Origin": origin, "Vary": "Origin",
+            "Access-Control-Allow-Headers": "Authorization, Content-Type",
+            "Access-Control-Allow-Methods": "GET, POST, OPTIONS",
+            "Access-Control-Expose-Headers": "X-Sample-Rate, X-Channels, X-Encoding, X-Duration-Ms"}
 
 
 class Outbox(asyncio.Queue):
@@ -59,8 +67,9 @@ class Outbox(asyncio.Queue):
 
 class Transport:
     def __init__(self, health: Health, host: str, port: int, max_sessions: int, max_text_chars: int,
-                 idle_timeout_s: float = 10.0) -> None:
+                 idle_timeout_s: float = 10.0, access: Access | None = None) -> None:
         self.health = health
+        self.access = access or Access()
         self.host, self.port = host, port
         self.max_sessions = max_sessions
         self.max_text_chars = max_text_chars
@@ -75,7 +84,8 @@ class Transport:
         self._runner: web.AppRunner | None = None
 
     async def start(self) -> None:
-        app = web.Application(client_max_size=4 * self.max_text_chars + 4096)
+        app = web.Application(client_max_size=4 * self.max_text_chars + 4096, middlewares=[self._guard])
+        app.on_response_prepare.append(self._add_cors)
         app.router.add_get("/v1/audio/config", self._config)
         app.router.add_post("/v1/audio/speech", self._speech)
         app.router.add_get("/ws/tts/stream", self._stream)
@@ -90,6 +100,24 @@ class Transport:
         await site.start()
         self.port = self._runner.addresses[0][1]
         logger.info(f"listening on http://{self.host}:{self.port}/ (WebSocket at /ws/tts/stream)")
+
+    @web.middleware
+    async def _guard(self, request: web.Request, handler) -> web.StreamResponse:
+        """Access control before any handler; CORS headers only for origins the settings allow."""
+        if request.path in HEALTH_PATHS:
+            return await handler(request)
+        origin = request.headers.get("Origin")
+        if request.method == "OPTIONS" and origin and self.access.allows_origin(origin):
+            return web.Response(status=204, headers=_cors(origin))  # a browser's preflight
+        if (refusal := self.access.refusal(request.headers)) is not None:
+            return _error(*refusal)
+        return await handler(request)
+
+    async def _add_cors(self, request: web.Request, response: web.StreamResponse) -> None:
+        """Before any response's headers go out, streamed ones too: CORS for an allowed origin."""
+        origin = request.headers.get("Origin")
+        if origin and self.access.allows_origin(origin) and request.path not in HEALTH_PATHS:
+            response.headers.update(_cors(origin))
 
     async def _health(self, request: web.Request) -> web.Response:
         status, body = self.health.answer(request.path)
