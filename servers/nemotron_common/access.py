@@ -26,19 +26,27 @@ from .config import ConfigError
 CREDENTIAL = "api-key"
 
 
+def api_key_path(path: str) -> Path | None:
+    """``path``, or the unit's ``api-key`` credential when it loads one; None when neither is given."""
+    if path:
+        return Path(path)
+    directory = os.environ.get("CREDENTIALS_DIRECTORY")
+    if directory and (Path(directory) / CREDENTIAL).is_file():
+        return Path(directory) / CREDENTIAL
+    return None
+
+
 def read_api_key(path: str) -> str | None:
-    """The key in ``path``, or in the unit's ``api-key`` credential; None when neither is given."""
-    if not path:
-        directory = os.environ.get("CREDENTIALS_DIRECTORY")
-        if not directory or not (Path(directory) / CREDENTIAL).is_file():
-            return None
-        path = str(Path(directory) / CREDENTIAL)
+    """The key in :func:`api_key_path`'s file; None when access is open."""
+    where = api_key_path(path)
+    if where is None:
+        return None
     try:
-        key = Path(path).read_text().strip()
+        key = where.read_text().strip()
     except OSError as exc:
-        raise ConfigError(f"api_key_file: cannot read {path}: {exc.strerror}") from None
+        raise ConfigError(f"api_key_file: cannot read {where}: {exc.strerror}") from None
     if not key or any(c.isspace() for c in key):
-        raise ConfigError(f"api_key_file: {path} must hold one key, without spaces")
+        raise ConfigError(f"api_key_file: {where} must hold one key, without spaces")
     return key
 
 

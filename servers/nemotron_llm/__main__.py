@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 from loguru import logger
 from nemotron_common import exitcodes, logs
+from nemotron_common.access import api_key_path, read_api_key
 from nemotron_common.config import ConfigError, click_options, load
 
 from . import backends, models
@@ -31,17 +32,21 @@ def main(config_path: Path | None, print_command: bool, **flags) -> None:
     try:
         config = load(LLMConfig, "llm", path=config_path, flags=flags)
         model = models.resolve(config)
+        key_file = api_key_path(config.api_key_file)
+        read_api_key(config.api_key_file)  # a missing or malformed key file is a bad setting
+        env = backends.environment(config, key_file)
     except (ConfigError, models.ModelError) as exc:
         logger.error(f"configuration error: {exc}")
         sys.exit(exitcodes.CONFIG_ERROR)
     logs.setup(config.log_level)
-    argv = backends.command(config, model)
+    argv = backends.command(config, model, key_file)
     if print_command:
         click.echo(shlex.join(argv))
         return
     from .supervisor import Supervisor
 
-    sys.exit(asyncio.run(Supervisor(config, argv).run()))
+    logger.info(f"access: {'API key required' if key_file else 'no API key'}")
+    sys.exit(asyncio.run(Supervisor(config, argv, env=env).run()))
 
 
 if __name__ == "__main__":

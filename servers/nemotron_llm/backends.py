@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import json
 import sys
+from pathlib import Path
+
+from nemotron_common.access import parse_origins, read_api_key
 
 from .config import LLMConfig
 
 
-def llamacpp(config: LLMConfig, model: str) -> list[str]:
+def llamacpp(config: LLMConfig, model: str, key_file: Path | None = None) -> list[str]:
+    # CORS: llama-server allows every origin ("*") unless told otherwise; an empty list allows none.
     argv = [config.llama_server, "--model", model, "--host", config.host, "--port", str(config.port),
             "--n-gpu-layers", "999", "--ctx-size", str(config.ctx_size), "--flash-attn", "on",
-            "--parallel", str(config.parallel), "--metrics"]
+            "--parallel", str(config.parallel), "--metrics",
+            "--cors-origins", ",".join(sorted(parse_origins(config.allowed_origins)))]
+    if key_file is not None:
+        argv += ["--api-key-file", str(key_file)]  # read by llama-server itself: never on argv
     if config.mode == "llamacpp-q4":
         argv += ["--cache-type-k", "q8_0", "--cache-type-v", "q8_0", "--cache-ram", "0",
                  "--reasoning-budget", "0"]
@@ -21,14 +29,25 @@ def vllm(config: LLMConfig, model: str) -> list[str]:
     argv = [config.vllm_python or sys.executable, "-m", "vllm.entrypoints.openai.api_server",
             "--model", model, "--served-model-name", config.served_model_name,
             "--host", config.host, "--port", str(config.port), "--dtype", config.dtype,
-            "--trust-remote-code", "--gpu-memory-utilization", str(config.gpu_memory_utilization),
+            "--allowed-origins", json.dumps(sorted(parse_origins(config.allowed_origins))),
+            "--gpu-memory-utilization", str(config.gpu_memory_utilization),
             "--max-num-seqs", str(config.parallel), "--max-model-len", str(config.ctx_size),
             "--enable-prefix-caching", "--reasoning-parser", "nemotron_v3",
             "--enable-auto-tool-choice", "--tool-call-parser", "qwen3_coder"]
     if config.kv_cache == "fp8":
         argv += ["--kv-cache-dtype", "fp8", "--mamba-ssm-cache-dtype", "float32"]
+    if config.trust_remote_code:
+        argv.append("--trust-remote-code")
     return argv
 
 
-def command(config: LLMConfig, model: str) -> list[str]:
-    return vllm(config, model) if config.backend == "vllm" else llamacpp(config, model)
+def command(config: LLMConfig, model: str, key_file: Path | None = None) -> list[str]:
+    return vllm(config, model) if config.backend == "vllm" else llamacpp(config, model, key_file)
+
+
+def environment(config: LLMConfig, key_file: Path | None = None) -> dict[str, str]:
+    """Variables the backend needs beyond the service's own: vLLM takes its key from VLLM_API_KEY
+    (its process environment is readable by root and the service user only, unlike argv)."""
+    if config.backend == "vllm" and key_file is not None:
+        return {"VLLM_API_KEY": read_api_key(str(key_file))}
+    return {}

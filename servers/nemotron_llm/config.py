@@ -16,6 +16,12 @@ class LLMConfig:
     hf_cache: str = setting("", "Hugging Face hub cache to search (default: HF_HUB_CACHE)")
     host: str = setting("127.0.0.1", "address the backend binds")
     port: int = setting(8000, "port the backend serves", check=port_number)
+    api_key_file: str = setting("", "file with the API key clients must send as Authorization: Bearer "
+                                "(default: the unit's api-key credential, if it loads one; else none)")
+    allowed_origins: str = setting("", "browser origins allowed by CORS (comma-separated, * for any; "
+                                   "llama.cpp takes one origin or *); empty: none")
+    trust_remote_code: bool = setting(False, "vLLM: run Python code shipped with the model (only for a "
+                                      "model vLLM cannot load natively; Nemotron-3-Nano needs none)")
     ctx_size: int = setting(16384, "context length (llama.cpp --ctx-size, vLLM --max-model-len)",
                             check=positive)
     parallel: int = setting(1, "concurrent sequences (llama.cpp --parallel, vLLM --max-num-seqs)",

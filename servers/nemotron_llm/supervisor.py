@@ -52,9 +52,11 @@ async def http_status(host: str, port: int, path: str, timeout: float = 3.0) -> 
 
 
 class Supervisor:
-    def __init__(self, config: LLMConfig, argv: list[str], notifier: Notifier | None = None) -> None:
+    def __init__(self, config: LLMConfig, argv: list[str], notifier: Notifier | None = None,
+                 env: dict[str, str] | None = None) -> None:
         self.config = config
         self.argv = argv
+        self.env = {**os.environ, **(env or {})}
         self.notifier = notifier or Notifier()
         self.process: asyncio.subprocess.Process | None = None
         self.stop = asyncio.Event()
@@ -67,7 +69,7 @@ class Supervisor:
         logger.info("starting backend: " + " ".join(self.argv))
         try:
             self.process = await asyncio.create_subprocess_exec(
-                *self.argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+                *self.argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=self.env,
                 start_new_session=True)  # its own process group, so a kill reaches engine workers too
         except OSError as exc:
             logger.error(f"cannot start backend {self.argv[0]}: {exc.strerror}")

@@ -6,6 +6,7 @@ import platform
 import signal
 import subprocess
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -74,6 +75,31 @@ def test_bot_requests(llm):
     assert len(get_json(llm.base + "/slots")[1]) == 2
     with urllib.request.urlopen(llm.base + "/metrics", timeout=5) as metrics:
         assert b"llamacpp:" in metrics.read()
+
+
+def test_the_api_key_guards_everything_but_health(gguf, tmp_path):
+    """The key reaches llama-server as a file (the systemd credential), never on its command line."""
+    (tmp_path / "api-key").write_text("llm-k3y\n")
+    proc = ServerProcess("nemotron_llm", ["--model", str(gguf), "--llama-server", LLAMA_SERVER,
+                                          "--ctx-size", "512", "--parallel", "1", "--stop-timeout", "10"],
+                         env={"CREDENTIALS_DIRECTORY": str(tmp_path)})
+    try:
+        assert proc.notify.wait_for("READY=1", timeout=60, process=proc.process), proc.log()
+        chat = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            post(proc, "/v1/chat/completions", chat)
+        assert refused.value.code == 401
+        headers = {"Content-Type": "application/json", "Authorization": "Bearer llm-k3y",
+                   "Origin": "http://evil.example"}
+        request = urllib.request.Request(proc.base + "/v1/chat/completions", json.dumps(chat).encode(),
+                                         headers)
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            assert answer.status == 200
+            assert answer.headers.get("Access-Control-Allow-Origin", "") in ("", None)  # CORS off
+        assert proc.health()[0] == 200
+        assert "llm-k3y" not in Path(f"/proc/{backend_pid(proc)}/cmdline").read_text()
+    finally:
+        proc.terminate()
 
 
 def test_cancelled_streams_and_immediate_slot_reuse_leave_the_server_up(llm):

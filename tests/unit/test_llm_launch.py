@@ -30,12 +30,29 @@ def test_vllm_command_line_and_fp8_variant():
     argv = backends.command(config, "nvidia/NVIDIA-Nemotron-3-Nano-30B-A3B-BF16")
     assert argv[1:3] == ["-m", "vllm.entrypoints.openai.api_server"]
     joined = " ".join(argv)
-    for part in ("--served-model-name nemotron", "--dtype bfloat16", "--trust-remote-code",
+    for part in ("--served-model-name nemotron", "--dtype bfloat16", "--allowed-origins []",
                  "--gpu-memory-utilization 0.6", "--max-num-seqs 2", "--max-model-len 16384",
                  "--enable-prefix-caching", "--reasoning-parser nemotron_v3",
                  "--tool-call-parser qwen3_coder",
                  "--kv-cache-dtype fp8", "--mamba-ssm-cache-dtype float32"):
         assert part in joined
+    assert "--trust-remote-code" not in argv and "--api-key" not in joined
+
+
+def test_access_settings_reach_the_backends_without_the_key_on_argv(tmp_path):
+    key = tmp_path / "api-key"
+    key.write_text("s3cret\n")
+    config = LLMConfig(mode="llamacpp-q8", allowed_origins="https://a.example")
+    argv = backends.command(config, "/m/q8.gguf", key)
+    assert argv[argv.index("--api-key-file") + 1] == str(key) and "s3cret" not in argv
+    assert argv[argv.index("--cors-origins") + 1] == "https://a.example"
+    assert backends.environment(config, key) == {}
+    assert backends.command(LLMConfig(), "/m/q8.gguf")[-2:] == ["--cors-origins", ""]  # CORS off
+    vllm = LLMConfig(mode="vllm", trust_remote_code=True, allowed_origins="https://a.example, *")
+    argv = backends.command(vllm, "m", key)
+    assert "--trust-remote-code" in argv and "s3cret" not in " ".join(argv)
+    assert argv[argv.index("--allowed-origins") + 1] == '["*", "https://a.example"]'
+    assert backends.environment(vllm, key) == {"VLLM_API_KEY": "s3cret"}
 
 
 VLLM_PYTHON = os.environ.get("NEMOTRON_TEST_VLLM_PYTHON")
@@ -47,7 +64,8 @@ PARSE = Path(__file__).resolve().parents[1] / "helpers" / "vllm_parse.py"
 def test_vllm_accepts_the_command_line(kv_cache):
     """The pinned vLLM's own parser (vllm==0.33.0 on CPU, see tests/run) accepts what we build."""
     model = "nvidia/NVIDIA-Nemotron-3-Nano-30B-A3B-BF16"
-    argv = backends.command(LLMConfig(mode="vllm", kv_cache=kv_cache), model)
+    argv = backends.command(LLMConfig(mode="vllm", kv_cache=kv_cache, trust_remote_code=kv_cache == "fp8",
+                                      allowed_origins="https://a.example"), model)
 
     def parse(*extra):
         return subprocess.run([VLLM_PYTHON, str(PARSE), *argv[3:], *extra], capture_output=True, text=True,
