@@ -18,6 +18,7 @@ import click
 from nemotron_common.config import ConfigError, coerce_setting
 
 from . import preflight
+from .access import open_to_the_network_warning
 from .host import HOST_PROFILES, detect
 from .lock import DEFAULT_LOCK, LockError, load_lock
 from .plan import MODES, PROFILES, Options, build_plan, python_version
@@ -117,6 +118,12 @@ def _extra_config(pairs: tuple[str, ...]) -> dict:
 @click.option("--no-tts", is_flag=True, help="do not install or enable the TTS service")
 @click.option("--no-llm", is_flag=True, help="do not install or enable the LLM service")
 @click.option("--bind", default="127.0.0.1", show_default=True, help="address all services listen on")
+@click.option(
+    "--api-key",
+    is_flag=True,
+    help="every service requires an API key (Authorization: Bearer KEY), kept in /etc/nemotron/api-key "
+    "and generated if missing; without it, any key requirement is removed",
+)
 @click.option("--asr-port", default=8080, show_default=True)
 @click.option("--tts-port", default=8001, show_default=True)
 @click.option("--llm-port", default=8000, show_default=True)
@@ -204,6 +211,7 @@ def main(ctx: click.Context, **kwargs) -> None:
       application       the servers (nemotron-asr, nemotron-tts, nemotron-llm)
       models            found in local Hugging Face caches or downloaded into /var/lib/nemotron/hf
       configuration     /etc/nemotron/nemotron.toml
+      api-key           (--api-key) the key in /etc/nemotron/api-key, handed to every service
       units             nemotron.target and its services, enabled
     Logs of each step: /var/log/nemotron-install/STEP.log. A failed run resumes at the failed step.
 
@@ -231,6 +239,7 @@ def main(ctx: click.Context, **kwargs) -> None:
         tts=not kwargs["no_tts"],
         llm=not kwargs["no_llm"],
         bind=kwargs["bind"],
+        api_key=kwargs["api_key"],
         asr_port=kwargs["asr_port"],
         tts_port=kwargs["tts_port"],
         llm_port=kwargs["llm_port"],
@@ -246,6 +255,8 @@ def main(ctx: click.Context, **kwargs) -> None:
         hf_token_file=kwargs["hf_token_file"],
         extra_config=extra,
     )
+    if warning := open_to_the_network_warning(options.bind, options.api_key):
+        click.echo(warning, err=True)
     host = HOST_PROFILES[kwargs["for_host"]] if kwargs["for_host"] else detect(python_version(options, lock))
     click.echo(f"host: {host.describe()}" + (" (a profile, not this machine)" if kwargs["for_host"] else ""))
     problems = [] if kwargs["for_host"] else preflight.check(host, options, lock)

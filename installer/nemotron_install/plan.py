@@ -12,6 +12,7 @@ from pathlib import Path
 from nemotron_common.model_files import repo_dir
 
 from . import llama_build
+from .access import api_key_step
 from .host import Host
 from .llama_source import sha256_of
 from .lock import Lock
@@ -39,6 +40,7 @@ class Options:
     tts: bool = True
     llm: bool = True
     bind: str = "127.0.0.1"
+    api_key: bool = False  # every service requires the key in config_path's folder, api-key
     asr_port: int = 8080
     tts_port: int = 8001
     llm_port: int = 8000
@@ -492,6 +494,7 @@ def units(options: Options) -> Step:
             config=options.config_path,
             user=options.user,
             llm_start_timeout=LLM_START_TIMEOUT[options.mode],
+            bind=options.bind,
         )
     )
     enable = ["nemotron.target", *selected_units(options)]
@@ -533,5 +536,7 @@ def build_plan(options: Options, host: Host, lock: Lock) -> list[Step]:
             steps += [*vllm(options, host, lock), triton_ptxas(options)]
         if options.needs_stack:
             steps.append(application(options))
-    steps += [models_step(options, lock), configuration(options, lock), units(options)]
+    steps += [models_step(options, lock), configuration(options, lock),
+              api_key_step(options.api_key, options.config_path.parent / "api-key", options.units_dir),
+              units(options)]
     return steps

@@ -28,10 +28,16 @@ class UnitValues:
     config: Path = Path("/etc/nemotron/nemotron.toml")
     user: str = "nemotron"
     llm_start_timeout: str = "15min"  # vLLM needs ~15 min; llama.cpp would do with ~3
+    bind: str = "127.0.0.1"  # the address the services listen on
 
     def as_dict(self) -> dict[str, str]:
         return {"PREFIX": str(self.prefix), "VENV": str(self.venv), "CONFIG": str(self.config),
-                "USER": self.user, "LLM_START_TIMEOUT": self.llm_start_timeout}
+                "USER": self.user, "LLM_START_TIMEOUT": self.llm_start_timeout,
+                "IP_ADDRESS_ALLOW": "localhost" if is_loopback(self.bind) else "any"}
+
+
+def is_loopback(address: str) -> bool:
+    return address in ("localhost", "::1") or address.startswith("127.")
 
 
 def render(text: str, values: dict[str, str]) -> str:

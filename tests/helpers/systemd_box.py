@@ -60,6 +60,9 @@ mkdir -p "$R/oldroot"
 cd "$R"
 pivot_root . oldroot
 umount -l /oldroot
+# Shared propagation, as on a booted host: systemd builds each service's credentials in a namespace of
+# its own and moves the mount into /run/credentials, which PID 1 sees only through propagation.
+mount --make-rshared /
 exec env -i container=nemotron-e2e PATH=/usr/sbin:/usr/bin:/sbin:/bin /lib/systemd/systemd --unit=e2e-boot.target
 """
 

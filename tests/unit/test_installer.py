@@ -47,6 +47,7 @@ def test_llama_cpp_plan_builds_for_the_detected_gpu(host, arch):
         "application",
         "models",
         "configuration",
+        "api-key",
         "units",
     ]
     build = commands(steps, "llama-cpp")
@@ -91,7 +92,8 @@ def test_source_torch_and_existing_llama_server_and_parts_left_out():
 
 def test_nothing_selected_builds_nothing():
     steps = build_plan(Options(asr=False, tts=False, llm=False), SPARK, LOCK)
-    assert names(steps) == ["system-packages", "service-user", "models", "configuration", "units"]
+    assert names(steps) == ["system-packages", "service-user", "models", "configuration", "api-key",
+                            "units"]
 
 
 def test_default_lock_parses_and_bad_locks_are_refused(tmp_path):
@@ -373,3 +375,31 @@ def test_status_without_systemd_says_why(monkeypatch):
     result = CliRunner().invoke(main, ["status", "--config", "/nonexistent.toml"])
     assert result.exit_code == 0
     assert "systemd is not running on this machine" in result.output and " ? " not in result.output
+
+
+def test_api_key_switch_writes_one_dropin_for_every_service_and_removes_it(tmp_path):
+    from nemotron_install.access import api_key_step, open_to_the_network_warning
+
+    key, units_dir = tmp_path / "etc/api-key", tmp_path / "systemd"
+    logs = []
+    api_key_step(True, key, units_dir).action(logs.append)
+    dropin = units_dir / "nemotron-.service.d/api-key.conf"
+    assert f"LoadCredential=api-key:{key}" in dropin.read_text()
+    assert key.stat().st_mode & 0o777 == 0o600 and len(key.read_text().strip()) >= 40
+    first = key.read_text()
+    api_key_step(True, key, units_dir).action(logs.append)
+    assert key.read_text() == first  # clients keep their key across re-runs
+    api_key_step(False, key, units_dir).action(logs.append)
+    assert not dropin.exists() and key.read_text() == first
+    assert open_to_the_network_warning("127.0.0.1", False) is None
+    assert open_to_the_network_warning("0.0.0.0", True) is None
+    assert "--api-key" in open_to_the_network_warning("0.0.0.0", False)
+
+
+def test_units_allow_network_peers_matching_the_bind():
+    from nemotron_install.units import UnitValues, render_all
+
+    local = render_all(UnitValues(prefix=Path("/p"), venv=Path("/v")))["nemotron-asr.service"]
+    lan = render_all(UnitValues(prefix=Path("/p"), venv=Path("/v"), bind="0.0.0.0"))["nemotron-tts.service"]
+    assert "IPAddressAllow=localhost" in local and "IPAddressAllow=any" in lan
+    assert "IPAddressDeny=any" in local and "DevicePolicy=closed" in local
