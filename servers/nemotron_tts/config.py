@@ -60,6 +60,9 @@ class TTSConfig:
             return f"device = {self.device!r}: must be auto, cpu, cuda or cuda:N"
         if self.default_voice.lower() not in self.voice_names:
             return f"default_voice = {self.default_voice!r} is not one of voices ({self.voices})"
+        if len(self.warmup_text) > self.max_text_chars:
+            return (f"warmup_text has {len(self.warmup_text)} characters, more than max_text_chars = "
+                    f"{self.max_text_chars}: shorten it or raise the limit")
         if len(set(self.voice_names)) != len(self.voice_names):
             return f"voices = {self.voices!r} names a voice twice"
         return None

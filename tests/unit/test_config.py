@@ -102,3 +102,11 @@ def test_help_lists_every_setting():
     for flag in ("--model", "--right-context", "--max-sessions", "--cuda-graphs / --no-cuda-graphs",
                  "--drain-timeout", "--config"):
         assert flag in result.stdout
+
+
+def test_a_warmup_text_the_server_would_refuse_is_a_bad_setting(tmp_path):
+    """Found by the speech fuzz test: a low max_text_chars refused the server's own warmup text."""
+    from nemotron_tts.config import TTSConfig
+
+    with pytest.raises(ConfigError, match="warmup_text has 83 characters, more than max_text_chars = 60"):
+        load(TTSConfig, "tts", path=write(tmp_path, '[tts]\nmodel = "/m"\nmax_text_chars = 60\n'))
