@@ -18,6 +18,11 @@ if TYPE_CHECKING:
     from .engine import Engine
     from .interface import Result
 
+# Messages a client may leave unread before its interims are dropped: each interim repeats the
+# utterance so far, so a client that catches up loses nothing, and the queue stays bounded by the
+# finals and errors, which are few and never dropped.
+MAX_UNSENT = 64
+
 
 class Session:
     def __init__(self, engine: Engine, max_frame_bytes: int, peer: str) -> None:
@@ -65,7 +70,8 @@ class Session:
     # --- engine -> client (on the event loop) ------------------------------------------------
     def _deliver(self, result: Result) -> None:
         if result.kind == "interim":
-            self.outbox.put_nowait(protocol.interim_message(result.text))
+            if self.outbox.qsize() < MAX_UNSENT:
+                self.outbox.put_nowait(protocol.interim_message(result.text))
         elif result.kind == "current":
             self.outbox.put_nowait(protocol.final_message(result.text, finalize=False))
         elif result.kind == "final":

@@ -164,3 +164,28 @@ def test_the_warmup_runs_every_step_kind_once_as_one_full_batch(tiny_asr_model):
     assert {kind: (s["steps"], s["streams"]) for kind, s in steps.items()} == {
         "first": (1, 6), "steady": (2, 12), "final": (1, 6)}
     assert engine.active_streams == 0  # closed and idle, so nothing after it overlaps a step
+
+
+def test_a_client_that_does_not_read_keeps_its_finals_and_a_bounded_queue(tiny_asr_model):
+    """Interims repeat the utterance so far: past MAX_UNSENT unread messages they are dropped,
+    never a final transcript."""
+    import asyncio
+    import json
+
+    from nemotron_asr.interface import Result
+    from nemotron_asr.session import MAX_UNSENT, Session
+
+    engine = Engine(StreamingModel(tiny_asr_model, 1, max_streams=1), max_batch=1)  # not started
+
+    async def scenario():
+        session = Session(engine, 64000, "test")
+        for n in range(10 * MAX_UNSENT):
+            session._deliver(Result("interim", f"word {n}"))
+        session.reset_times.append(0.0)
+        session.pending_finals = 1
+        session._deliver(Result("final", "the whole utterance", 1000.0))
+        return [json.loads(session.outbox.get_nowait()) for _ in range(session.outbox.qsize())]
+
+    unsent = asyncio.run(scenario())
+    assert len(unsent) == MAX_UNSENT + 1
+    assert unsent[-1]["is_final"] is True and unsent[-1]["text"] == "the whole utterance"
