@@ -2,7 +2,7 @@
 
 N clients at once, each: connect, wait for ``ready``, send S seconds of 16 kHz s16le PCM at real-time
 pace, then a hard reset; the time from that reset to the final transcript is "time to final" (TTF).
-Same method as shared/gpu/asr_load.py (which measured the old server) so the numbers compare.
+The same method as the load generator that measured the old server, so the numbers compare.
 Clients are spread over several processes so the generator is not the bottleneck at hundreds of
 streams. A stream "stays real time" when every frame went out within one frame of its due time and
 its final arrived within ``--realtime-ttf-ms``.

@@ -1,6 +1,6 @@
 """The llama.cpp server patch of the reference build, as anchored source edits.
 
-Two llama-server hazards hit a voice agent (shared/protocol.md, LLM section):
+Two llama-server hazards hit a voice agent (docs/protocol.md, LLM section):
 
 - a streamed request closed mid-generation, its slot reused at once: when the slot's memory cannot
   be truncated (recurrent and hybrid models such as Nemotron-H cannot drop a suffix), the server

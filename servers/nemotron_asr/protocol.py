@@ -1,4 +1,4 @@
-"""The bots' ASR wire protocol (shared/protocol.md), as pure functions: no socket, no model.
+"""The bots' ASR wire protocol (docs/protocol.md), as pure functions: no socket, no model.
 
 Client frames become :class:`Audio`, :class:`Reset` or :class:`ProtocolError`; server messages are
 built by the ``*_message`` functions so their shapes live in one place.

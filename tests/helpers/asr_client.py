@@ -1,4 +1,4 @@
-"""A client that speaks the bots' ASR protocol (shared/protocol.md) with the websockets library."""
+"""A client that speaks the bots' ASR protocol (docs/protocol.md) with the websockets library."""
 
 from __future__ import annotations
 

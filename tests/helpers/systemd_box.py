@@ -1,6 +1,6 @@
 """Boot a private systemd as PID 1 of its own namespaces and drive it with systemctl/journalctl.
 
-The method of shared/reference/systemd-e2e.md: a cgroup of our own, then `unshare` into new pid,
+The method: a cgroup of our own, then `unshare` into new pid,
 mount, uts, ipc, net and cgroup namespaces; an init script builds a throw-away overlay of the host's
 root, mounts /proc, /sys, cgroup2, a small /dev, /run and /tmp, installs the units under test, masks
 units that touch the machine or are slow, pivots into it and execs systemd. Nothing on the host is

@@ -1,6 +1,7 @@
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from nemotron_asr.config import ASRConfig
@@ -110,3 +111,13 @@ def test_a_warmup_text_the_server_would_refuse_is_a_bad_setting(tmp_path):
 
     with pytest.raises(ConfigError, match="warmup_text has 83 characters, more than max_text_chars = 60"):
         load(TTSConfig, "tts", path=write(tmp_path, '[tts]\nmodel = "/m"\nmax_text_chars = 60\n'))
+
+
+def test_the_configuration_page_is_generated_from_the_schemas():
+    """docs/configuration.md is what docs/configuration.py prints: a new or changed setting without
+    the regenerated page fails here."""
+    root = Path(__file__).resolve().parents[2]
+    generated = subprocess.run([sys.executable, str(root / "docs/configuration.py")], capture_output=True,
+                               text=True, check=True).stdout
+    assert (root / "docs/configuration.md").read_text() == generated, \
+        "run: python docs/configuration.py > docs/configuration.md"
