@@ -95,6 +95,10 @@ class StepStats:
         for phase, start, end in zip(self.PHASES, times, times[1:], strict=False):
             entry[phase] += (end - start) * 1000
 
+    def totals(self) -> dict:
+        """Per step kind: steps, streams stepped and milliseconds per phase, cumulative."""
+        return {kind: dict(entry) for kind, entry in self.kinds.items()}
+
     def summary(self) -> dict:
         out = {}
         for kind, e in self.kinds.items():

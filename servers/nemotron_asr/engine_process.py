@@ -62,7 +62,9 @@ class RemoteEngine(StreamCommands):
         self.failure = ""
         self._stopping = False
         self.heartbeat = time.monotonic()
-        self.steps: dict = {}
+        self.steps: dict = {}  # per step kind: counts and mean phase times (for /health)
+        self.step_totals: dict = {}  # per step kind: cumulative counts and phase milliseconds (metrics)
+        self.gpu_memory_bytes = 0  # what the engine process's caching allocator holds
 
     # --- lifecycle ----------------------------------------------------------------------------
     def start(self, progress: Callable[[str, float], None]) -> None:
@@ -127,7 +129,8 @@ class RemoteEngine(StreamCommands):
                 if kind == "results":
                     self._deliver(payload)
                 elif kind == "stats":
-                    self.steps = payload
+                    self.steps, self.step_totals = payload["steps"], payload["totals"]
+                    self.gpu_memory_bytes = payload["gpu_memory_bytes"]
                 elif kind == "progress":
                     self._progress(*payload)
                 elif kind == "ready":
@@ -174,7 +177,7 @@ def child_main(conn: Connection, config: ASRConfig, model_path: Path) -> None:
     sender = threading.Thread(target=_send_results, args=(conn, engine, results), name="asr-results",
                               daemon=True)
     sender.start()
-    conn.send(("stats", engine.stats.summary()))  # the warmup's steps, counted before any client's
+    conn.send(("stats", _stats(engine)))  # the warmup's steps, counted before any client's
     conn.send(("ready", (device_text, warmup_s)))
     streams: dict[int, int] = {}  # the parent's stream id -> the engine's
     try:
@@ -199,6 +202,13 @@ def child_main(conn: Connection, config: ASRConfig, model_path: Path) -> None:
         engine.stop()
 
 
+def _stats(engine) -> dict:
+    from nemotron_common.metrics import cuda_memory_reserved
+
+    return {"steps": engine.stats.summary(), "totals": engine.stats.totals(),
+            "gpu_memory_bytes": cuda_memory_reserved()}
+
+
 def _send_results(conn: Connection, engine, results: queue.SimpleQueue) -> None:
     """Send the engine's results in batches, and its statistics as a heartbeat once a second."""
     next_stats = 0.0
@@ -212,7 +222,7 @@ def _send_results(conn: Connection, engine, results: queue.SimpleQueue) -> None:
                 conn.send(("failed", f"the engine thread {stalled} (see the log)"))
                 return
             if time.monotonic() >= next_stats:
-                conn.send(("stats", engine.stats.summary()))
+                conn.send(("stats", _stats(engine)))
                 next_stats = time.monotonic() + STATS_INTERVAL_S
         except (OSError, ValueError):
             return

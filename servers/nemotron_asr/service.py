@@ -24,7 +24,7 @@ class ASRService(EngineService):
         access = Access.from_settings(config.api_key_file, config.allowed_origins)
         logger.info(f"access: {access.describe()}")
         self.transport = Transport(self.health, config.host, config.port, config.max_sessions,
-                                   config.max_frame_bytes, access)
+                                   config.max_frame_bytes, access, model_path.stem)
 
     def engine_details(self) -> dict:
         return {"steps": self.engine.steps}

@@ -17,6 +17,7 @@ from . import protocol
 if TYPE_CHECKING:
     from .engine import Engine
     from .interface import Result
+    from .metrics import ASRMetrics
 
 # Messages a client may leave unread before its interims are dropped: each interim repeats the
 # utterance so far, so a client that catches up loses nothing, and the queue stays bounded by the
@@ -25,9 +26,11 @@ MAX_UNSENT = 64
 
 
 class Session:
-    def __init__(self, engine: Engine, max_frame_bytes: int, peer: str) -> None:
+    def __init__(self, engine: Engine, max_frame_bytes: int, peer: str,
+                 metrics: ASRMetrics | None = None) -> None:
         self.engine = engine
         self.peer = peer
+        self.metrics = metrics
         self.framer = protocol.AudioFramer(max_frame_bytes)
         self.outbox: asyncio.Queue[str | None] = asyncio.Queue()
         self.loop = asyncio.get_running_loop()
@@ -51,6 +54,8 @@ class Session:
         if isinstance(event, protocol.Audio):
             self.heard_audio = True
             self.engine.feed(self.stream_id, event.pcm)
+            if self.metrics:
+                self.metrics.audio(len(event.pcm))
         elif isinstance(event, protocol.Reset) and event.finalize:
             self.finalize()
         elif isinstance(event, protocol.Reset):
@@ -58,6 +63,8 @@ class Session:
         else:
             logger.debug(f"{self.peer}: {event.message}")
             self.outbox.put_nowait(protocol.error_message(event.message))
+            if self.metrics:
+                self.metrics.errors.labels("bad_message").inc()
 
     def finalize(self) -> None:
         self.framer.reset()
@@ -76,7 +83,10 @@ class Session:
             self.outbox.put_nowait(protocol.final_message(result.text, finalize=False))
         elif result.kind == "final":
             started = self.reset_times.pop(0) if self.reset_times else time.perf_counter()
-            latency_ms = round((time.perf_counter() - started) * 1000, 1)
+            latency_s = time.perf_counter() - started
+            latency_ms = round(latency_s * 1000, 1)
+            if self.metrics:
+                self.metrics.time_to_final.observe(latency_s)
             self.outbox.put_nowait(protocol.final_message(result.text, finalize=True,
                                                           audio_ms=round(result.audio_ms, 1),
                                                           latency_ms=latency_ms))
@@ -85,6 +95,8 @@ class Session:
                 self.finals_done.set()
         else:
             self.outbox.put_nowait(protocol.error_message(result.text))
+            if self.metrics:
+                self.metrics.errors.labels("engine").inc()
 
     async def drain(self, timeout_s: float) -> None:
         """Finish the utterance in progress so the client gets its final transcript."""

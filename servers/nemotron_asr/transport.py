@@ -15,12 +15,15 @@ from typing import TYPE_CHECKING
 from loguru import logger
 from nemotron_common.access import Access
 from nemotron_common.health import HEALTH_PATHS, Health
+from nemotron_common.metrics import METRICS_PATH
+from nemotron_common.models_list import MODELS_PATH, models_body
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from . import protocol
+from .metrics import ASRMetrics
 from .session import Session
 
 if TYPE_CHECKING:
@@ -37,8 +40,9 @@ def json_response(status: int, body: bytes) -> Response:
 
 class Transport:
     def __init__(self, health: Health, host: str, port: int, max_sessions: int,
-                 max_frame_bytes: int, access: Access | None = None) -> None:
+                 max_frame_bytes: int, access: Access | None = None, model_id: str = "asr") -> None:
         self.health = health
+        self.model_id = model_id
         self.access = access or Access()
         self.host, self.port = host, port
         self.max_sessions = max_sessions
@@ -48,6 +52,7 @@ class Transport:
         self.connections: set[ServerConnection] = set()
         self.server: Server | None = None
         self.accepting = True
+        self.metrics = ASRMetrics(lambda: len(self.sessions), max_sessions, lambda: self.engine)
 
     async def start(self) -> None:
         self.server = await serve(
@@ -71,7 +76,14 @@ class Transport:
             return json_response(*self.health.encode(path))
         if (refusal := self.access.refusal(request.headers)) is not None:
             status, message = refusal
+            self.metrics.errors.labels("unauthorized" if status == 401 else "forbidden_origin").inc()
             return json_response(status, json.dumps({"error": message}).encode())
+        if path == MODELS_PATH:
+            return json_response(200, models_body(self.model_id))
+        if path == METRICS_PATH:
+            body, content_type = self.metrics.metrics.render()
+            headers = Headers([("Content-Type", content_type), ("Content-Length", str(len(body)))])
+            return Response(200, "OK", headers, body)
         if path not in STREAM_PATHS:
             return json_response(404, b'{"error":"not found; the ASR WebSocket is at /"}')
         if self.engine is None or not self.health.ready or not self.accepting:
@@ -82,11 +94,12 @@ class Transport:
         peer = "{}:{}".format(*connection.remote_address[:2])
         if len(self.sessions) >= self.max_sessions:
             logger.warning(f"{peer}: refused, {self.max_sessions} sessions already open")
+            self.metrics.errors.labels("too_many_sessions").inc()
             await connection.send(protocol.error_message(
                 f"too many sessions: the server is limited to {self.max_sessions}; try again later"))
             await connection.close(1013, "too many sessions")
             return
-        session = Session(self.engine, self.max_frame_bytes, peer)
+        session = Session(self.engine, self.max_frame_bytes, peer, self.metrics)
         self.sessions.add(session)
         self.connections.add(connection)
         writer = session.writer = asyncio.create_task(self._write(connection, session))

@@ -15,7 +15,7 @@ def llamacpp(config: LLMConfig, model: str, key_file: Path | None = None) -> lis
     # CORS: llama-server allows every origin ("*") unless told otherwise; an empty list allows none.
     argv = [config.llama_server, "--model", model, "--host", config.host, "--port", str(config.port),
             "--n-gpu-layers", "999", "--ctx-size", str(config.ctx_size), "--flash-attn", "on",
-            "--parallel", str(config.parallel), "--metrics",
+            "--parallel", str(config.parallel), "--metrics", "--alias", config.served_model_name,
             "--cors-origins", ",".join(sorted(parse_origins(config.allowed_origins)))]
     if key_file is not None:
         argv += ["--api-key-file", str(key_file)]  # read by llama-server itself: never on argv

@@ -28,7 +28,8 @@ class LLMConfig:
                             check=positive)
     llama_server: str = setting("llama-server", "llama.cpp server binary")
     vllm_python: str = setting("", "Python that has vLLM installed (default: this one)")
-    served_model_name: str = setting("nemotron", "model name clients use (vLLM --served-model-name)")
+    served_model_name: str = setting("nemotron", "model name clients use (vLLM --served-model-name, "
+                                     "llama.cpp --alias)")
     dtype: str = setting("bfloat16", "vLLM weights dtype", choices=("auto", "bfloat16", "float16"))
     kv_cache: str = setting("auto", "vLLM KV cache dtype (fp8 also keeps the Mamba state in float32)",
                             choices=("auto", "fp8"))

@@ -56,6 +56,7 @@ class Job:
     preset: Preset | None = None  # None: batch mode, audio sent whole at the end
     cancelled: threading.Event = field(default_factory=threading.Event)
     sent_bytes: int = 0
+    arrived: float = field(default_factory=time.monotonic)  # when its text came in
 
 
 @dataclass(eq=False)
@@ -90,6 +91,7 @@ class Engine:
         self.batched_jobs = 0
         self.largest_batch = 0
         self.cancelled = 0  # jobs stopped early by their client (or by shutdown)
+        self.metrics = None  # a TTSMetrics, told when jobs start and how large each batch is
         self.continuous = None
         if continuous and model.static is not None:
             from .continuous import ContinuousBatch
@@ -208,6 +210,8 @@ class Engine:
             self.busy, self.heartbeat = True, time.monotonic()
             new = [_Running(job, self.model.stream_decoder(), job.preset.first_frames if job.preset else 0)
                    for job in joining]
+            if self.metrics and joining:
+                self.metrics.started(joining)
             try:
                 if new:
                     if self.seed and not running:
@@ -225,12 +229,17 @@ class Engine:
             self.batches += 1
             self.batched_jobs += len(batch)
             self.largest_batch = max(self.largest_batch, len(batch))
+            if self.metrics:
+                self.metrics.batch_size.observe(len(batch))
             running = self._flush(running, [r for r in running if r.ended or r.job.cancelled.is_set()])
             if not running:
                 batch.clear()  # cancelled items still in it would hold rows until the next step
 
     def _generate(self, batch: list[Job]) -> None:
         self.busy, self.heartbeat = True, time.monotonic()
+        if self.metrics:
+            self.metrics.started(batch)
+            self.metrics.batch_size.observe(len(batch))
         self.batches += 1
         self.batched_jobs += len(batch)
         self.largest_batch = max(self.largest_batch, len(batch))

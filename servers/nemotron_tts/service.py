@@ -31,7 +31,7 @@ class TTSService(EngineService):
         access = Access.from_settings(config.api_key_file, config.allowed_origins)
         logger.info(f"access: {access.describe()}")
         self.transport = Transport(self.health, config.host, config.port, config.max_sessions,
-                                   config.max_text_chars, config.idle_timeout, access)
+                                   config.max_text_chars, config.idle_timeout, access, model_path.stem)
 
     def engine_details(self) -> dict:
         return {"engine": self.engine.summary()}
@@ -70,6 +70,7 @@ class TTSService(EngineService):
         self.device_text = model.describe()
         self.transport.catalog = catalog
         self.transport.sample_rate = model.sample_rate
+        self.engine.metrics = self.transport.metrics  # from here on: the warmup's work is not counted
         self.transport.engine = self.engine
         self.watch()
         return f"ready on {self.device_text}; warmup {warm_s:.2f} s"

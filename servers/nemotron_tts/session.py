@@ -14,9 +14,13 @@ import json
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from .catalog import Catalog, RequestError
 from .engine import MODES, PRESETS, Engine, Job
+
+if TYPE_CHECKING:
+    from .metrics import TTSMetrics
 
 MAX_QUEUED_SEGMENTS = 256
 _stream_numbers = itertools.count(1)
@@ -26,12 +30,15 @@ _stream_numbers = itertools.count(1)
 class Segment:
     number: int
     job: Job
+    spoke: bool = False  # its first audio went out
 
 
 class StreamSession:
-    def __init__(self, engine: Engine, catalog: Catalog, send: Callable[[str | bytes], None]) -> None:
+    def __init__(self, engine: Engine, catalog: Catalog, send: Callable[[str | bytes], None],
+                 metrics: TTSMetrics | None = None) -> None:
         self.engine = engine
         self.catalog = catalog
+        self.metrics = metrics
         self._send = send
         self._loop = asyncio.get_running_loop()
         self.voice: str | None = None
@@ -51,23 +58,23 @@ class StreamSession:
 
     def receive(self, raw: str | bytes) -> None:
         if isinstance(raw, bytes):
-            return self._error("binary frames are not accepted; send JSON text messages")
+            return self._refuse("binary frames are not accepted; send JSON text messages")
         try:
             message = json.loads(raw)
         except (ValueError, RecursionError):  # RecursionError: nested deeper than the parser goes
-            return self._error("message is not valid JSON")
+            return self._refuse("message is not valid JSON")
         if not isinstance(message, dict):
-            return self._error("message must be a JSON object")
+            return self._refuse("message must be a JSON object")
         kind = message.get("type")
         handler = {"init": self._init, "text": self._text, "close": self._close, "cancel": self._cancel,
                    "ping": self._ping}.get(kind) if isinstance(kind, str) else None
         if handler is None:
-            return self._error(f"unknown message type {message.get('type')!r}; "
+            return self._refuse(f"unknown message type {message.get('type')!r}; "
                                "expected init, text, close, cancel or ping")
         try:
             handler(message)
         except RequestError as exc:
-            self._error(str(exc))
+            self._refuse(str(exc))
 
     def _init(self, message: dict) -> None:
         self.cancel()
@@ -118,10 +125,11 @@ class StreamSession:
 
     def cancel(self) -> None:
         """Drop the current stream: stop its generation, its queued segments and any audio in flight."""
-        if self.current:
-            self.current.job.cancelled.set()
-        for segment in self.queue:
+        dropped = ([self.current] if self.current else []) + list(self.queue)
+        for segment in dropped:
             segment.job.cancelled.set()
+        if self.metrics and dropped:
+            self.metrics.outcomes.labels("websocket", "cancelled").inc(len(dropped))
         self.current = None
         self.queue.clear()
         self.stream_id = None
@@ -132,12 +140,17 @@ class StreamSession:
 
     def _audio(self, job: Job, pcm: bytes) -> None:
         if self.current is not None and self.current.job is job and not job.cancelled.is_set():
+            if self.metrics and not self.current.spoke:
+                self.metrics.first_chunk("websocket", job.arrived)
+            self.current.spoke = True
             self._send(pcm)
 
     def _finished(self, job: Job, audio_ms: float, error: str | None) -> None:
         if self.current is None or self.current.job is not job:
             return  # cancelled: nothing of it may reach the client any more
         segment, self.current = self.current, None
+        if self.metrics:
+            self.metrics.outcomes.labels("websocket", "failed" if error else "complete").inc()
         if error:
             self._error(f"segment {segment.number}: {error}")
         else:
@@ -170,6 +183,12 @@ class StreamSession:
 
     def _send_json(self, message: dict) -> None:
         self._send(json.dumps(message))
+
+    def _refuse(self, message: str) -> None:
+        """An error the client caused (a message the server cannot take)."""
+        if self.metrics:
+            self.metrics.errors.labels("bad_message").inc()
+        self._error(message)
 
     def _error(self, message: str, fatal: bool = False) -> None:
         self._send_json({"type": "error", "message": message, "fatal": fatal})

@@ -18,6 +18,7 @@ from .engine import PRESETS, Job
 
 if TYPE_CHECKING:
     from .catalog import Prepared
+    from .metrics import TTSMetrics
 
 STREAM_PRESET = PRESETS["balanced"]
 UNKNOWN_SIZE = 0xFFFFFFFF  # what streaming WAV writers put where the sizes go
@@ -26,8 +27,9 @@ UNKNOWN_SIZE = 0xFFFFFFFF  # what streaming WAV writers put where the sizes go
 class SpeechRequest:
     """The job of one HTTP request and its audio pieces, delivered on the event loop in order."""
 
-    def __init__(self, prepared: Prepared, stream: bool) -> None:
+    def __init__(self, prepared: Prepared, stream: bool, metrics: TTSMetrics | None = None) -> None:
         call = asyncio.get_running_loop().call_soon_threadsafe
+        self.metrics = metrics
         self.pieces: asyncio.Queue[bytes | None] = asyncio.Queue()
         self.error: str | None = None
         self.finished = asyncio.Event()
@@ -38,6 +40,8 @@ class SpeechRequest:
                        preset=STREAM_PRESET if stream else None)
 
     def _audio(self, pcm: bytes) -> None:
+        if self.metrics and not self.audio_bytes:
+            self.metrics.first_chunk("http", self.job.arrived)
         self.audio_bytes += len(pcm)
         self.pieces.put_nowait(pcm)
 
@@ -47,6 +51,9 @@ class SpeechRequest:
         elif error is None and not self.audio_bytes:
             error = "the model produced no audio for this text"
         self.error = error
+        if self.metrics:
+            outcome = "cancelled" if self.job.cancelled.is_set() else "failed" if error else "complete"
+            self.metrics.outcomes.labels("http", outcome).inc()
         self.finished.set()
         self.pieces.put_nowait(None)
 

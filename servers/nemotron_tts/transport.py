@@ -13,9 +13,12 @@ from aiohttp import WSMsgType, web
 from loguru import logger
 from nemotron_common.access import Access
 from nemotron_common.health import HEALTH_PATHS, Health
+from nemotron_common.metrics import METRICS_PATH
+from nemotron_common.models_list import MODELS_PATH, models_body
 
 from .audio import duration_ms, wav_file
 from .catalog import RequestError
+from .metrics import TTSMetrics
 from .session import StreamSession
 from .speech import SpeechRequest, log_broken, streaming_wav_header
 
@@ -67,8 +70,9 @@ class Outbox(asyncio.Queue):
 
 class Transport:
     def __init__(self, health: Health, host: str, port: int, max_sessions: int, max_text_chars: int,
-                 idle_timeout_s: float = 10.0, access: Access | None = None) -> None:
+                 idle_timeout_s: float = 10.0, access: Access | None = None, model_id: str = "tts") -> None:
         self.health = health
+        self.model_id = model_id
         self.access = access or Access()
         self.host, self.port = host, port
         self.max_sessions = max_sessions
@@ -81,12 +85,17 @@ class Transport:
         self.sockets: dict[web.WebSocketResponse, Outbox] = {}
         self.requests: set[SpeechRequest] = set()
         self.closing = False
+        self.metrics = TTSMetrics(lambda: {"sessions": len(self.sessions),
+                                           "http_requests": len(self.requests),
+                                           "queued_segments": self.engine.queued if self.engine else 0})
         self._runner: web.AppRunner | None = None
 
     async def start(self) -> None:
         app = web.Application(client_max_size=4 * self.max_text_chars + 4096, middlewares=[self._guard])
         app.on_response_prepare.append(self._add_cors)
         app.router.add_get("/v1/audio/config", self._config)
+        app.router.add_get(METRICS_PATH, self._metrics)
+        app.router.add_get(MODELS_PATH, self._models)
         app.router.add_post("/v1/audio/speech", self._speech)
         app.router.add_get("/ws/tts/stream", self._stream)
         for path in HEALTH_PATHS:
@@ -110,14 +119,25 @@ class Transport:
         if request.method == "OPTIONS" and origin and self.access.allows_origin(origin):
             return web.Response(status=204, headers=_cors(origin))  # a browser's preflight
         if (refusal := self.access.refusal(request.headers)) is not None:
+            self.metrics.errors.labels("unauthorized" if refusal[0] == 401 else "forbidden_origin").inc()
             return _error(*refusal)
-        return await handler(request)
+        response = await handler(request)
+        if response.status == 400:
+            self.metrics.errors.labels("bad_request").inc()
+        return response
 
     async def _add_cors(self, request: web.Request, response: web.StreamResponse) -> None:
         """Before any response's headers go out, streamed ones too: CORS for an allowed origin."""
         origin = request.headers.get("Origin")
         if origin and self.access.allows_origin(origin) and request.path not in HEALTH_PATHS:
             response.headers.update(_cors(origin))
+
+    async def _models(self, _request: web.Request) -> web.Response:
+        return web.Response(body=models_body(self.model_id), content_type="application/json")
+
+    async def _metrics(self, _request: web.Request) -> web.Response:
+        body, content_type = self.metrics.metrics.render()
+        return web.Response(body=body, headers={"Content-Type": content_type})
 
     async def _health(self, request: web.Request) -> web.Response:
         status, body = self.health.answer(request.path)
@@ -158,7 +178,7 @@ class Transport:
             prepared = self.catalog.prepare(body.get("input"), body.get("voice"), body.get("language"))
         except RequestError as exc:
             return _error(400, str(exc))
-        speech = SpeechRequest(prepared, stream)
+        speech = SpeechRequest(prepared, stream, self.metrics)
         self.requests.add(speech)
         self.engine.submit(speech.job)
         try:
@@ -210,13 +230,15 @@ class Transport:
         if (refusal := self._not_ready()) is not None:
             return refusal
         if len(self.sessions) >= self.max_sessions:
+            self.metrics.errors.labels("too_many_sessions").inc()
             return _error(503, f"too many sessions (limit {self.max_sessions})")
         socket = web.WebSocketResponse(heartbeat=20.0, max_msg_size=4 * self.max_text_chars + 4096)
         await socket.prepare(request)
         outbox = Outbox()
-        session = StreamSession(self.engine, self.catalog, outbox.push)
+        session = StreamSession(self.engine, self.catalog, outbox.push, self.metrics)
 
         def overflow() -> None:
+            self.metrics.errors.labels("slow_client").inc()
             session.cancel()
             asyncio.ensure_future(socket.close(code=1008, message=b"client does not read its audio"))
 

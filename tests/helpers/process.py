@@ -133,3 +133,16 @@ class ServerProcess:
                 self.process.wait()
             if self.notify:
                 self.notify.close()
+
+
+def scrape(base: str, headers: dict[str, str] | None = None) -> dict[tuple[str, tuple], float]:
+    """GET /metrics, parsed by prometheus_client's own text-format parser: (sample name, sorted
+    labels) -> value."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    request = urllib.request.Request(base + "/metrics", headers=headers or {})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert response.headers["Content-Type"].startswith("text/plain; version=")
+        text = response.read().decode()
+    return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(text) for sample in family.samples}

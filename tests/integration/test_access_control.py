@@ -82,6 +82,7 @@ def test_speech_needs_the_key(tts):
     assert request(speech, {"input": "Hello."}, **bearer("wrong"))[0] == 401
     assert request(speech, {"input": "Hello."}, Authorization=KEY)[0] == 401  # no scheme
     assert request(tts.base + "/v1/audio/config")[0] == 401
+    assert request(tts.base + "/metrics")[0] == 401 and request(tts.base + "/metrics", **bearer())[0] == 200
     status, _, pcm = request(speech, {"input": "Hello."}, **bearer())
     assert status == 200 and len(pcm) > 0
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from helpers.asr_client import ASRClient, pcm_as_float, to_pcm
-from helpers.process import ServerProcess, get_json
+from helpers.process import ServerProcess, get_json, scrape
 from nemotron_asr.random_model import speechlike_audio
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
@@ -64,6 +64,8 @@ def test_health_endpoints(server):
         status, body = server.health(path)
         assert status == 200 and body["status"] == "healthy" and body["model_loaded"] is True
     assert get_json(server.base + "/nope")[0] == 404
+    status, models = get_json(server.base + "/v1/models")
+    assert status == 200 and models["object"] == "list" and models["data"][0]["id"] == "tiny-streaming"
 
 
 def test_journal_priorities_in_the_log(server):
@@ -147,6 +149,40 @@ def test_concurrent_clients_get_their_own_transcripts(server, offline):
     steps_after, streams_after = steady_totals()
     # this test's chunks (not the earlier single-stream tests') were batched into shared steps
     assert (streams_after - streams_before) / (steps_after - steps_before) > 1.0
+
+
+def test_metrics_count_finals_audio_errors_and_steps(server):
+    before = scrape(server.base)
+
+    async def scenario():
+        client = await ASRClient.open(server.ws_url)
+        await client.ws.send("not json")
+        await client.until(lambda m: m["type"] == "error")
+        await client.send_audio(clip(1.0, 5))
+        await client.reset()
+        await client.final()
+        during = scrape(server.base)
+        await client.close()
+        return during
+
+    during = run(scenario())
+    final_steps = ("nemotron_asr_steps_total", (("kind", "final"),))
+    deadline = time.monotonic() + 5  # the engine process reports its step counters once a second
+    while (after := scrape(server.base)).get(final_steps, 0) <= before.get(final_steps, 0):
+        assert time.monotonic() < deadline, "the engine's step counters did not move"
+        time.sleep(0.2)
+
+    def grew(name, labels=(), by=1.0):
+        return after[(name, labels)] - before.get((name, labels), 0.0) >= by
+
+    assert grew("nemotron_asr_time_to_final_seconds_count")
+    assert grew("nemotron_asr_audio_seconds_total", by=0.99)  # the 1.0 s clip
+    assert grew("nemotron_asr_errors_total", (("kind", "bad_message"),))
+    assert grew("nemotron_asr_steps_total", (("kind", "final"),))
+    assert during[("nemotron_asr_sessions", ())] == 1
+    assert after[("nemotron_asr_max_sessions", ())] == MAX_SESSIONS
+    assert ("nemotron_asr_gpu_memory_reserved_bytes", ()) in after
+    assert after[("nemotron_asr_step_phase_seconds_total", (("kind", "final"), ("phase", "encoder")))] > 0
 
 
 def test_bad_input_gets_errors_and_the_session_survives(server, offline):

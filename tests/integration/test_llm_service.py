@@ -70,6 +70,7 @@ def test_bot_requests(llm):
     chat = json.loads(post(llm, "/v1/chat/completions", {
         "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5}).read())
     assert chat["choices"][0]["message"]["role"] == "assistant"
+    assert get_json(llm.base + "/v1/models")[1]["data"][0]["id"] == "nemotron"  # one name in both modes
     props = get_json(llm.base + "/props")[1]
     assert props["default_generation_settings"]["n_ctx"] > 0 and props["total_slots"] == 2
     assert len(get_json(llm.base + "/slots")[1]) == 2

@@ -12,7 +12,7 @@ import wave
 
 import numpy as np
 import pytest
-from helpers.process import ServerProcess, get_json
+from helpers.process import ServerProcess, get_json, scrape
 from helpers.tts_client import TTSClient
 
 pytestmark = pytest.mark.slow
@@ -79,6 +79,8 @@ def test_audio_config(server):
     assert config["sample_rate"] == 22050 and config["channels"] == 1 and config["encoding"] == "pcm_s16le"
     assert config["voices"] == ["john", "sofia", "aria", "jason", "leo"]
     assert {"en", "de", "es", "fr", "it"} <= set(config["languages"])
+    status, models = get_json(server.base + "/v1/models")
+    assert status == 200 and models["data"][0]["id"] == "tiny-magpie"
 
 
 def test_http_pcm_and_real_wav(server):
@@ -128,6 +130,35 @@ def test_a_dropped_http_request_stops_its_synthesis(server):
     while server.health()[1]["engine"]["cancelled"] == before and time.monotonic() < deadline:
         time.sleep(0.1)
     assert server.health()[1]["engine"]["cancelled"] == before + 1
+
+
+def test_metrics_after_traffic(server):
+    before = scrape(server.base)
+    assert post(server, {"input": "Measured once."})[0] == 200
+    assert post(server, {"input": "hi", "voice": "bob"})[0] == 400
+
+    async def scenario():
+        client = await TTSClient.open(server.ws)
+        await client.send(type="text", text="Measured twice.", mode="stream")
+        await client.until("segment_complete")
+        await client.send(type="nope")
+        await client.until("error")
+        await client.close()
+
+    run(scenario())
+    after = scrape(server.base)
+
+    def grew(name, *labels):
+        return after[(name, tuple(sorted(labels)))] - before.get((name, tuple(sorted(labels))), 0.0) >= 1
+
+    assert grew("nemotron_tts_first_audio_seconds_count", ("endpoint", "http"))
+    assert grew("nemotron_tts_first_audio_seconds_count", ("endpoint", "websocket"))
+    assert grew("nemotron_tts_segments_total", ("endpoint", "http"), ("outcome", "complete"))
+    assert grew("nemotron_tts_segments_total", ("endpoint", "websocket"), ("outcome", "complete"))
+    assert grew("nemotron_tts_errors_total", ("kind", "bad_request"))
+    assert grew("nemotron_tts_errors_total", ("kind", "bad_message"))
+    assert grew("nemotron_tts_queue_wait_seconds_count") and grew("nemotron_tts_batch_size_count")
+    assert after[("nemotron_tts_queued_segments", ())] == 0 and ("nemotron_tts_sessions", ()) in after
 
 
 def test_a_connection_that_sends_nothing_is_closed(server):

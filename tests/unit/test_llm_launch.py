@@ -14,7 +14,7 @@ def test_llamacpp_q8_command_line():
     assert argv[:3] == ["llama-server", "--model", "/m/q8.gguf"]
     joined = " ".join(argv)
     for part in ("--host 127.0.0.1", "--port 8000", "--n-gpu-layers 999", "--ctx-size 16384",
-                 "--flash-attn on", "--parallel 1", "--metrics"):
+                 "--flash-attn on", "--parallel 1", "--metrics", "--alias nemotron"):
         assert part in joined
     assert "--cache-ram" not in joined
 
