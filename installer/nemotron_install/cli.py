@@ -73,9 +73,10 @@ def _config_value(text: str) -> object:
 def _schemas() -> dict[str, type]:
     from nemotron_asr.config import ASRConfig
     from nemotron_llm.config import LLMConfig
+    from nemotron_riva.config import RivaConfig
     from nemotron_tts.config import TTSConfig
 
-    return {"asr": ASRConfig, "tts": TTSConfig, "llm": LLMConfig}
+    return {"asr": ASRConfig, "tts": TTSConfig, "llm": LLMConfig, "riva": RivaConfig}
 
 
 def _extra_config(pairs: tuple[str, ...]) -> dict:
@@ -85,9 +86,9 @@ def _extra_config(pairs: tuple[str, ...]) -> dict:
     for pair in pairs:
         key, sep, value = pair.partition("=")
         table, dot, name = key.partition(".")
-        if not (sep and dot and table in DEFAULT_PORTS and name):
-            raise click.BadParameter(f"{pair!r}: expected TABLE.SETTING=VALUE with TABLE asr, tts or llm",
-                                     param_hint="--set")
+        if not (sep and dot and table in schemas and name):
+            raise click.BadParameter(f"{pair!r}: expected TABLE.SETTING=VALUE with TABLE one of "
+                                     f"{', '.join(schemas)}", param_hint="--set")
         fields = {f.name: f for f in dataclasses.fields(schemas[table])}
         if name not in fields:
             raise click.BadParameter(f"{pair!r}: [{table}] has no setting {name!r} "
@@ -117,6 +118,7 @@ def _extra_config(pairs: tuple[str, ...]) -> dict:
 @click.option("--no-asr", is_flag=True, help="do not install or enable the ASR service")
 @click.option("--no-tts", is_flag=True, help="do not install or enable the TTS service")
 @click.option("--no-llm", is_flag=True, help="do not install or enable the LLM service")
+@click.option("--riva", is_flag=True, help="also enable the Riva-compatible gRPC gateway (port 50051)")
 @click.option("--bind", default="127.0.0.1", show_default=True, help="address all services listen on")
 @click.option(
     "--api-key",
@@ -127,6 +129,7 @@ def _extra_config(pairs: tuple[str, ...]) -> dict:
 @click.option("--asr-port", default=8080, show_default=True)
 @click.option("--tts-port", default=8001, show_default=True)
 @click.option("--llm-port", default=8000, show_default=True)
+@click.option("--riva-port", default=50051, show_default=True)
 @click.option(
     "--prefix",
     type=click.Path(path_type=Path),
@@ -238,11 +241,13 @@ def main(ctx: click.Context, **kwargs) -> None:
         asr=not kwargs["no_asr"],
         tts=not kwargs["no_tts"],
         llm=not kwargs["no_llm"],
+        riva=kwargs["riva"],
         bind=kwargs["bind"],
         api_key=kwargs["api_key"],
         asr_port=kwargs["asr_port"],
         tts_port=kwargs["tts_port"],
         llm_port=kwargs["llm_port"],
+        riva_port=kwargs["riva_port"],
         asr_model=kwargs["asr_model"],
         tts_model=kwargs["tts_model"],
         tts_codec=kwargs["tts_codec"],
@@ -290,9 +295,8 @@ def main(ctx: click.Context, **kwargs) -> None:
             err=True,
         )
         sys.exit(1)
-    enabled = ", ".join(
-        u for u, on in (("asr", options.asr), ("tts", options.tts), ("llm", options.llm)) if on
-    )
+    chosen = {"asr": options.asr, "tts": options.tts, "llm": options.llm, "riva": options.riva}
+    enabled = ", ".join(name for name, on in chosen.items() if on)
     click.echo(f"installed ({enabled}). Start with: systemctl start nemotron.target")
 
 

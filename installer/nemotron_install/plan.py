@@ -39,11 +39,13 @@ class Options:
     asr: bool = True
     tts: bool = True
     llm: bool = True
+    riva: bool = False  # the Riva gRPC gateway in front of ASR and TTS
     bind: str = "127.0.0.1"
     api_key: bool = False  # every service requires the key in config_path's folder, api-key
     asr_port: int = 8080
     tts_port: int = 8001
     llm_port: int = 8000
+    riva_port: int = 50051
     asr_model: str = ""  # path or HF id; default from the lock file
     tts_model: str = ""
     tts_codec: str = ""
@@ -441,7 +443,17 @@ def render_config(options: Options, lock: Lock) -> str:
                 },
             )
         )
+    if options.riva:
+        parts.append(table("riva", {"host": options.bind, "port": options.riva_port,
+                                    "asr_url": f"ws://{_loopback(options.bind)}:{options.asr_port}/",
+                                    "tts_url": f"ws://{_loopback(options.bind)}:{options.tts_port}/ws/tts/stream",
+                                    **options.extra_config.get("riva", {})}))
     return "\n".join(parts)
+
+
+def _loopback(bind: str) -> str:
+    """Where the gateway reaches services bound to ``bind`` on this host."""
+    return "127.0.0.1" if bind in ("0.0.0.0", "", "::") else f"[{bind}]" if ":" in bind else bind
 
 
 def _toml(value) -> str:
@@ -482,6 +494,7 @@ def selected_units(options: Options) -> list[str]:
         "nemotron-asr.service": options.asr,
         "nemotron-tts.service": options.tts,
         "nemotron-llm.service": options.llm,
+        "nemotron-riva.service": options.riva,
     }
     return [name for name, on in chosen.items() if on]
 

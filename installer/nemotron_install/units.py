@@ -18,7 +18,8 @@ SHARE_DIR = Path(sys.prefix) / "share/nemotron"
 DOCS_DIR = SHARE_DIR if (SHARE_DIR / "units").is_dir() and not (REPO_ROOT / "units").is_dir() else REPO_ROOT
 UNITS_DIR = DOCS_DIR / "units"
 PLACEHOLDER = re.compile(r"@([A-Z_]+)@")
-UNIT_NAMES = ("nemotron.target", "nemotron-asr.service", "nemotron-tts.service", "nemotron-llm.service")
+UNIT_NAMES = ("nemotron.target", "nemotron-asr.service", "nemotron-tts.service", "nemotron-llm.service",
+              "nemotron-riva.service")
 
 
 @dataclass(frozen=True)

@@ -51,7 +51,7 @@ INSTALL = [
     "--tts-codec", f"{MODELS}/tts-codec.nemo",
     "--model", f"{MODELS}/tiny-Q8_0.gguf", "--llama-server", str(LLAMA_SERVER),
     "--set", "asr.max_sessions=2", "--set", "asr.max_batch=2", "--set", "tts.max_sessions=2",
-    "--set", "llm.ctx_size=512", "--set", "llm.health_interval=1.0", "--api-key",
+    "--set", "llm.ctx_size=512", "--set", "llm.health_interval=1.0", "--api-key", "--riva",
 ]
 
 
@@ -78,7 +78,7 @@ def box(tiny_asr_model, tiny_tts_model, tmp_path_factory):
             overrides.append("ProtectHome=read-only")
         if any(p.is_relative_to("/tmp") for p in used[1:]):
             overrides += ["PrivateTmp=no", "ReadWritePaths=/tmp"]  # strict makes a shared /tmp read-only
-        for unit in ("nemotron-asr", "nemotron-tts", "nemotron-llm"):
+        for unit in ("nemotron-asr", "nemotron-tts", "nemotron-llm", "nemotron-riva"):
             if overrides:
                 box.write(f"/etc/systemd/system/{unit}.service.d/test-paths.conf",
                           "[Service]\n" + "\n".join(overrides) + "\n")
@@ -89,10 +89,11 @@ def box(tiny_asr_model, tiny_tts_model, tmp_path_factory):
 
 
 def test_installer_writes_config_and_enables_the_units(box):
-    assert "installed (asr, tts, llm)" in box.installed.stdout
+    assert "installed (asr, tts, llm, riva)" in box.installed.stdout
     config = box.run("cat", "/etc/nemotron/nemotron.toml").stdout
     assert f'model = "{MODELS}/asr.nemo"' in config and "max_sessions = 2" in config
-    for unit in ("nemotron.target", "nemotron-asr.service", "nemotron-tts.service", "nemotron-llm.service"):
+    for unit in ("nemotron.target", "nemotron-asr.service", "nemotron-tts.service", "nemotron-llm.service",
+                 "nemotron-riva.service"):
         assert box.show(unit, "UnitFileState") == "enabled"
     started = time.monotonic()
     again = box.run(str(VENV / "bin/nemotron-install"), *INSTALL, timeout=120)
@@ -123,7 +124,9 @@ def test_start_target_orders_llm_after_asr_and_tts_and_logs_to_the_journal(box):
     for port in (8080, 8001, 8000):
         assert health(box, port).stdout.strip() == "200"
     status = box.run(str(VENV / "bin/nemotron-install"), "status").stdout
-    assert status.count("active (running)") == 3 and status.count(" 200 ") == 3
+    assert status.count("active (running)") == 4 and status.count(" 200 ") == 3
+    riva_ready = monotonic(box, "nemotron-riva.service", "ActiveEnterTimestampMonotonic")
+    assert riva_ready > max(asr_ready, tts_ready)  # READY only once both answer
 
 
 def get_status(box, url, key_file=None):

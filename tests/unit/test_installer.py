@@ -403,3 +403,14 @@ def test_units_allow_network_peers_matching_the_bind():
     lan = render_all(UnitValues(prefix=Path("/p"), venv=Path("/v"), bind="0.0.0.0"))["nemotron-tts.service"]
     assert "IPAddressAllow=localhost" in local and "IPAddressAllow=any" in lan
     assert "IPAddressDeny=any" in local and "DevicePolicy=closed" in local
+
+
+def test_riva_gateway_is_configured_to_reach_the_services_it_fronts():
+    from nemotron_install.plan import render_config, selected_units
+
+    options = Options(riva=True, bind="0.0.0.0", asr_port=9080, extra_config={"riva": {"endpoint_ms": 500}})
+    config = render_config(options, LOCK)
+    assert '[riva]\nhost = "0.0.0.0"\nport = 50051\nasr_url = "ws://127.0.0.1:9080/"' in config
+    assert 'tts_url = "ws://127.0.0.1:8001/ws/tts/stream"\nendpoint_ms = 500' in config
+    assert "nemotron-riva.service" in selected_units(options)
+    assert "nemotron-riva.service" not in selected_units(Options())
