@@ -10,7 +10,8 @@
 # chunk), tts (CFG and no CFG, 1/16/64 streams, 3 rounds),
 # tts-codec (codec call: carried states, eager and graphs, against windowed), tts-codec-served
 # (served with carried states against windowed, CFG),
-# tts-probes (first audio in process, continuous-batching costs), asr-profile (512-stream step).
+# tts-probes (first audio in process, continuous-batching costs), asr-profile (512-stream step),
+# memory-asr, memory-tts (GPU memory and start time per configured capacity).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 source bench/device_setup.sh real tts-real
@@ -34,6 +35,10 @@ for part in "$@"; do
                 grep '^{'
             python bench/probes/tts_continuous_check.py /tmp/tts-real.nemo 2>&1 |
                 tee "$results/tts_continuous_check.txt" | grep '^{' ;;
+        memory-asr) timeout 560 python bench/memory_bench.py --asr-model /tmp/asr-real.nemo \
+                        --out "$results/memory-asr" 2>&1 | tail -8 ;;
+        memory-tts) timeout 560 python bench/memory_bench.py --tts-model /tmp/tts-real.nemo \
+                        --out "$results/memory-tts" 2>&1 | tail -7 ;;
         asr-profile)
             python bench/probes/asr_step_profile.py /tmp/asr-real.nemo 512 > "$results/asr_profile.txt" 2>&1
             grep -A20 "eager encoder step at" "$results/asr_profile.txt" ;;

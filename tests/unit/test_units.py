@@ -63,3 +63,15 @@ def test_the_contract_directives(rendered):
     assert "nemotron-asr.service" in after and "nemotron-tts.service" in after
     assert not any(line.startswith(("Requires=", "Wants=")) for line in llm.splitlines())
     assert f"ExecStart={VENV}/bin/nemotron-asr --config /etc/nemotron/nemotron.toml" in asr
+
+
+def test_the_wheel_ships_every_unit():
+    """An installed installer renders its units from the wheel's data files: a unit missing there
+    fails the install on a host (it did once, for nemotron-riva.service)."""
+    import tomllib
+
+    from nemotron_install.units import UNIT_NAMES
+
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    shipped = pyproject["tool"]["setuptools"]["data-files"]["share/nemotron/units"]
+    assert sorted(shipped) == sorted(f"units/{name}" for name in UNIT_NAMES)
