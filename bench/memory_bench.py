@@ -96,7 +96,7 @@ async def tts_burst(port: int, streams: int) -> None:
     await asyncio.gather(*(one() for _ in range(streams)))
 
 
-def measure(service: str, model: Path, capacity: int, port: int, log_dir: Path) -> dict:
+def measure(service: str, model: Path, capacity: int, port: int, log_dir: Path, extra: list[str]) -> dict:
     if service == "asr":
         args = ["--max-sessions", str(capacity), "--max-batch", str(capacity)]
     else:
@@ -104,8 +104,9 @@ def measure(service: str, model: Path, capacity: int, port: int, log_dir: Path) 
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT / "servers"),
                                                                      os.environ.get("PYTHONPATH")]))}
     log = (log_dir / f"{service}-{capacity}.log").open("w")
-    process = subprocess.Popen([sys.executable, "-m", f"nemotron_{service}", "--model", str(model),
-                                "--port", str(port), *args], stdout=log, stderr=subprocess.STDOUT, env=env)
+    command = [sys.executable, "-m", f"nemotron_{service}", "--model", str(model), "--port", str(port),
+               *args, *extra]
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
     try:
         start_s = wait_ready(port, process, 900)
         time.sleep(1.5)  # the ASR engine process reports its allocator once a second
@@ -132,16 +133,18 @@ def measure(service: str, model: Path, capacity: int, port: int, log_dir: Path) 
 @click.option("--tts", "tts_levels", default="4,16,64", show_default=True)
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("bench-out/memory"))
 @click.option("--port", default=18090, show_default=True)
-def main(asr_model, tts_model, asr_levels, tts_levels, out, port) -> None:
+@click.option("--server-args", default="", help="more flags for every server, e.g. '--no-cuda-graphs'")
+def main(asr_model, tts_model, asr_levels, tts_levels, out, port, server_args) -> None:
     out.mkdir(parents=True, exist_ok=True)
     report = {"device": device_name(), "weights": "random", "rows": []}
     plan = ([("asr", asr_model, int(n)) for n in asr_levels.split(",")] if asr_model else []) + \
            ([("tts", tts_model, int(n)) for n in tts_levels.split(",")] if tts_model else [])
     for service, model, capacity in plan:
         try:
-            row = measure(service, model, capacity, port, out)
+            row = measure(service, model, capacity, port, out, server_args.split())
         except Exception as exc:  # noqa: BLE001 - record it and go on with the next level
             row = {"server": service, "capacity": capacity, "error": f"{type(exc).__name__}: {exc}"}
+        row["server_args"] = server_args
         click.echo(json.dumps(row), err=True)
         report["rows"].append(row)
         (out / "memory.json").write_text(json.dumps(report, indent=1))
