@@ -44,3 +44,41 @@ def wav_file(pcm: bytes, sample_rate: int) -> bytes:
 
 def duration_ms(pcm_bytes: int, sample_rate: int) -> float:
     return pcm_bytes / 2 / sample_rate * 1000
+
+
+# OpenAI's response formats beyond raw PCM and WAV: encoded whole by libsndfile (through soundfile),
+# Ogg Opus at 24 kHz since Opus takes no 22.05 kHz input.
+ENCODED = {"mp3": ("MP3", "MPEG_LAYER_III", "audio/mpeg"), "flac": ("FLAC", "PCM_16", "audio/flac"),
+           "opus": ("OGG", "OPUS", "audio/ogg")}
+OPUS_RATE = 24000
+
+
+def encode(pcm: bytes, sample_rate: int, response_format: str) -> tuple[bytes, str]:
+    """16-bit mono PCM as a file of ``response_format`` (one of ENCODED), with its content type."""
+    import soundfile
+
+    container, subtype, content_type = ENCODED[response_format]
+    samples = np.frombuffer(pcm, dtype="<i2")
+    if response_format == "opus" and sample_rate != OPUS_RATE:
+        samples, sample_rate = resample(samples, sample_rate, OPUS_RATE), OPUS_RATE
+    buffer = io.BytesIO()
+    soundfile.write(buffer, samples, sample_rate, format=container, subtype=subtype)
+    return buffer.getvalue(), content_type
+
+
+def resample(samples: np.ndarray, rate_in: int, rate_out: int) -> np.ndarray:
+    import soxr
+
+    return soxr.resample(samples, rate_in, rate_out, quality="HQ")
+
+
+class StreamResampler:
+    """16-bit PCM chunks from one rate to another, chunk by chunk with no seams (soxr's stream)."""
+
+    def __init__(self, rate_in: int, rate_out: int) -> None:
+        import soxr
+
+        self._stream = soxr.ResampleStream(rate_in, rate_out, 1, dtype="int16", quality="HQ")
+
+    def chunk(self, pcm: bytes, last: bool = False) -> bytes:
+        return self._stream.resample_chunk(np.frombuffer(pcm, dtype="<i2"), last=last).astype("<i2").tobytes()

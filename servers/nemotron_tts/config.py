@@ -42,6 +42,10 @@ class TTSConfig:
     max_sessions: int = setting(64, "concurrent WebSocket clients; more are refused with 503", check=positive)
     idle_timeout: float = setting(10.0, "seconds a new connection may send nothing before it is closed",
                                   check=positive)
+    http_sample_rate: int = setting(0, "sample rate of /v1/audio/speech (0 = the model's, 22050 for Magpie; "
+                                    "24000 is what OpenAI clients assume for pcm)",
+                                    check=lambda v: None if v == 0 or 8000 <= v <= 48000 else
+                                    "must be 0 or between 8000 and 48000")
     max_text_chars: int = setting(4000, "longest text one request may carry", check=positive)
     seed: int = setting(0, "seed sampling before each batch (0 = random; set it for reproducible audio)")
     drain_timeout: float = setting(30.0, "seconds open streams get to finish on shutdown", check=positive)

@@ -31,7 +31,8 @@ class TTSService(EngineService):
         access = Access.from_settings(config.api_key_file, config.allowed_origins)
         logger.info(f"access: {access.describe()}")
         self.transport = Transport(self.health, config.host, config.port, config.max_sessions,
-                                   config.max_text_chars, config.idle_timeout, access, model_path.stem)
+                                   config.max_text_chars, config.idle_timeout, access, model_path.stem,
+                                   config.http_sample_rate)
 
     def engine_details(self) -> dict:
         return {"engine": self.engine.summary()}

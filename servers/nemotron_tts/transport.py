@@ -16,7 +16,7 @@ from nemotron_common.health import HEALTH_PATHS, Health
 from nemotron_common.metrics import METRICS_PATH
 from nemotron_common.models_list import MODELS_PATH, models_body
 
-from .audio import duration_ms, wav_file
+from .audio import ENCODED, StreamResampler, duration_ms, encode, wav_file
 from .catalog import RequestError
 from .metrics import TTSMetrics
 from .session import StreamSession
@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from .catalog import Catalog
     from .engine import Engine
 
-FORMATS = ("pcm", "wav")
+FORMATS = ("pcm", "wav", *ENCODED)
 # Unsent audio one WebSocket may hold: about 12 minutes at 22.05 kHz, far beyond any client that
 # plays what it receives, and small next to the server's memory.
 MAX_UNSENT_BYTES = 32 * 2**20
@@ -70,9 +70,11 @@ class Outbox(asyncio.Queue):
 
 class Transport:
     def __init__(self, health: Health, host: str, port: int, max_sessions: int, max_text_chars: int,
-                 idle_timeout_s: float = 10.0, access: Access | None = None, model_id: str = "tts") -> None:
+                 idle_timeout_s: float = 10.0, access: Access | None = None, model_id: str = "tts",
+                 http_sample_rate: int = 0) -> None:
         self.health = health
         self.model_id = model_id
+        self.http_sample_rate = http_sample_rate  # 0: the model's own
         self.access = access or Access()
         self.host, self.port = host, port
         self.max_sessions = max_sessions
@@ -182,28 +184,44 @@ class Transport:
         self.requests.add(speech)
         self.engine.submit(speech.job)
         try:
-            if stream:
+            if stream and response_format in ("pcm", "wav"):
                 return await self._stream_body(request, speech, response_format)
             return await self._whole_body(speech, response_format)
         finally:
             speech.cancel()
             self.requests.discard(speech)
 
+    @property
+    def output_rate(self) -> int:
+        """The sample rate of HTTP speech: the model's, unless http_sample_rate asks for another."""
+        return self.http_sample_rate or self.sample_rate
+
+    def _resampler(self) -> StreamResampler | None:
+        if self.output_rate == self.sample_rate:
+            return None
+        return StreamResampler(self.sample_rate, self.output_rate)
+
     def _audio_headers(self) -> dict[str, str]:
-        return {"X-Sample-Rate": str(self.sample_rate), "X-Channels": "1", "X-Encoding": "pcm_s16le"}
+        return {"X-Sample-Rate": str(self.output_rate), "X-Channels": "1", "X-Encoding": "pcm_s16le"}
 
     def _failed(self, speech: SpeechRequest) -> web.Response:
         return _error(503 if self.closing else 500, speech.error or "no audio")
 
     async def _whole_body(self, speech: SpeechRequest, response_format: str) -> web.Response:
-        """``"stream": false``: the whole utterance at once, with its length in ``X-Duration-Ms``."""
+        """The whole utterance at once (``"stream": false``, or an encoded format), with its length in
+        ``X-Duration-Ms``."""
         pcm = await speech.whole()
         if speech.error:
             return self._failed(speech)
+        if resampler := self._resampler():
+            pcm = resampler.chunk(pcm, last=True)
         headers = self._audio_headers()
-        headers["X-Duration-Ms"] = f"{duration_ms(len(pcm), self.sample_rate):.1f}"
+        headers["X-Duration-Ms"] = f"{duration_ms(len(pcm), self.output_rate):.1f}"
+        if response_format in ENCODED:
+            body, content_type = await asyncio.to_thread(encode, pcm, self.output_rate, response_format)
+            return web.Response(body=body, content_type=content_type, headers=headers)
         if response_format == "wav":
-            pcm = wav_file(pcm, self.sample_rate)
+            pcm = wav_file(pcm, self.output_rate)
         return web.Response(body=pcm, content_type=f"audio/{response_format}", headers=headers)
 
     async def _stream_body(self, request: web.Request, speech: SpeechRequest, response_format: str):
@@ -215,10 +233,13 @@ class Transport:
         response.enable_chunked_encoding()
         await response.prepare(request)
         if response_format == "wav":
-            await response.write(streaming_wav_header(self.sample_rate))
+            await response.write(streaming_wav_header(self.output_rate))
+        resampler = self._resampler()
         while piece is not None:
-            await response.write(piece)
+            await response.write(resampler.chunk(piece) if resampler else piece)
             piece = await speech.pieces.get()
+        if resampler and not speech.error:
+            await response.write(resampler.chunk(b"", last=True))
         if speech.error:
             log_broken(speech.error)
             request.transport.abort()  # no terminating chunk: the client sees the body is cut short

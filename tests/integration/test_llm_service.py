@@ -103,6 +103,16 @@ def test_the_api_key_guards_everything_but_health(gguf, tmp_path):
         proc.terminate()
 
 
+def test_the_openai_client_reaches_the_model_by_its_served_name(llm):
+    import openai
+
+    client = openai.OpenAI(base_url=llm.base + "/v1", api_key="not-needed")
+    assert [m.id for m in client.models.list()] == ["nemotron"]
+    chat = client.chat.completions.create(model="nemotron", max_tokens=4,
+                                          messages=[{"role": "user", "content": "hi"}])
+    assert chat.choices[0].message.role == "assistant" and chat.usage.completion_tokens > 0
+
+
 def test_cancelled_streams_and_immediate_slot_reuse_leave_the_server_up(llm):
     body = {"prompt": PROMPT, "n_predict": 64, "id_slot": 1, "cache_prompt": True, "temperature": 0,
             "ignore_eos": True, "stream": True}

@@ -176,7 +176,7 @@ def test_a_connection_that_sends_nothing_is_closed(server):
     ({"input": "\U0001F600\U0001F600"}, "nothing speakable"),
     ({"input": "hi", "voice": "bob"}, "valid voices: john, sofia, aria, jason, leo"),
     ({"input": "hi", "language": "xx"}, "valid languages: en"),
-    ({"input": "hi", "response_format": "mp3"}, "valid: pcm, wav"),
+    ({"input": "hi", "response_format": "aac"}, "valid: pcm, wav, mp3, flac, opus"),
     ({"input": "hi", "speed": 2.0}, "speed"),
     ({"input": "hi", "speed": True}, "speed"),
     ({"input": "hi", "stream": "yes"}, "stream must be true or false"),
