@@ -15,6 +15,7 @@ import urllib.request
 from pathlib import Path
 
 import click
+from nemotron_common import ports
 from nemotron_common.config import ConfigError, coerce_setting
 
 from . import preflight
@@ -28,7 +29,7 @@ from .units import REPO_ROOT, UNIT_NAMES
 LOG_DIR = Path("/var/log/nemotron-install")
 LOCK_FILE = Path("/run/nemotron-install.lock")
 DIST_DIR = "dist"  # under --prefix: the wheel install.sh built from the checkout
-DEFAULT_PORTS = {"asr": 8080, "tts": 8001, "llm": 8000}
+DEFAULT_PORTS = {name: port for name, port in ports.DEFAULTS.items() if name != "riva"}  # HTTP health
 
 
 def _default_source(prefix: Path) -> Path:
@@ -126,10 +127,10 @@ def _extra_config(pairs: tuple[str, ...]) -> dict:
     help="every service requires an API key (Authorization: Bearer KEY), kept in /etc/nemotron/api-key "
     "and generated if missing; without it, any key requirement is removed",
 )
-@click.option("--asr-port", default=8080, show_default=True)
-@click.option("--tts-port", default=8001, show_default=True)
-@click.option("--llm-port", default=8000, show_default=True)
-@click.option("--riva-port", default=50051, show_default=True)
+@click.option("--asr-port", default=ports.ASR, show_default=True)
+@click.option("--tts-port", default=ports.TTS, show_default=True)
+@click.option("--llm-port", default=ports.LLM, show_default=True)
+@click.option("--riva-port", default=ports.RIVA, show_default=True)
 @click.option(
     "--prefix",
     type=click.Path(path_type=Path),

@@ -9,6 +9,7 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from nemotron_common import ports
 from nemotron_common.model_files import repo_dir
 
 from . import llama_build
@@ -42,10 +43,10 @@ class Options:
     riva: bool = False  # the Riva gRPC gateway in front of ASR and TTS
     bind: str = "127.0.0.1"
     api_key: bool = False  # every service requires the key in config_path's folder, api-key
-    asr_port: int = 8080
-    tts_port: int = 8001
-    llm_port: int = 8000
-    riva_port: int = 50051
+    asr_port: int = ports.ASR
+    tts_port: int = ports.TTS
+    llm_port: int = ports.LLM
+    riva_port: int = ports.RIVA
     asr_model: str = ""  # path or HF id; default from the lock file
     tts_model: str = ""
     tts_codec: str = ""

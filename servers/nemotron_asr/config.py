@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from nemotron_common import ports
 from nemotron_common.config import port_number, positive, setting
 
 RIGHT_CONTEXT_MS = {0: 80, 1: 160, 6: 560, 13: 1120}
@@ -14,7 +15,7 @@ class ASRConfig:
     model: str = setting("", "path to a .nemo file, or a Hugging Face id found in the local cache")
     hf_cache: str = setting("", "Hugging Face hub cache to look up model ids in (default: HF_HUB_CACHE)")
     host: str = setting("127.0.0.1", "address to bind")
-    port: int = setting(8080, "TCP port for the WebSocket and /health", check=port_number)
+    port: int = setting(ports.ASR, "TCP port for the WebSocket and /health", check=port_number)
     api_key_file: str = setting("", "file with the API key clients must send as Authorization: Bearer "
                                 "(default: the unit's api-key credential, if it loads one; else none)")
     allowed_origins: str = setting("", "browser origins (scheme://host:port, comma-separated, * for any) "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from nemotron_common import ports
 from nemotron_common.config import port_number, positive, setting
 
 MODES = ("llamacpp-q8", "llamacpp-q4", "vllm")
@@ -15,7 +16,7 @@ class LLMConfig:
     model: str = setting("", "GGUF file, model directory or Hugging Face id; empty: find one in hf_cache")
     hf_cache: str = setting("", "Hugging Face hub cache to search (default: HF_HUB_CACHE)")
     host: str = setting("127.0.0.1", "address the backend binds")
-    port: int = setting(8000, "port the backend serves", check=port_number)
+    port: int = setting(ports.LLM, "port the backend serves", check=port_number)
     api_key_file: str = setting("", "file with the API key clients must send as Authorization: Bearer "
                                 "(default: the unit's api-key credential, if it loads one; else none)")
     allowed_origins: str = setting("", "browser origins allowed by CORS (comma-separated, * for any; "

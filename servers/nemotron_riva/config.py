@@ -4,15 +4,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from nemotron_common import ports
 from nemotron_common.config import port_number, positive, setting
 
 
 @dataclass
 class RivaConfig:
     host: str = setting("127.0.0.1", "address to bind")
-    port: int = setting(50051, "gRPC port (Riva's)", check=port_number)
-    asr_url: str = setting("ws://127.0.0.1:8080/", "the ASR server's WebSocket")
-    tts_url: str = setting("ws://127.0.0.1:8001/ws/tts/stream", "the TTS server's WebSocket")
+    port: int = setting(ports.RIVA, "gRPC port (Riva's)", check=port_number)
+    asr_url: str = setting(f"ws://127.0.0.1:{ports.ASR}/", "the ASR server's WebSocket")
+    tts_url: str = setting(f"ws://127.0.0.1:{ports.TTS}/ws/tts/stream", "the TTS server's WebSocket")
     api_key_file: str = setting("", "file with the API key: required of gRPC clients (metadata "
                                 "authorization: Bearer KEY) and sent to ASR and TTS (default: the unit's "
                                 "api-key credential, if it loads one; else none)")

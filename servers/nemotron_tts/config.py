@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from nemotron_common import ports
 from nemotron_common.config import port_number, positive, setting
 
 VOICES = "john,sofia,aria,jason,leo"  # the released checkpoint's baked speakers, in index order
@@ -15,7 +16,7 @@ class TTSConfig:
     codec: str = setting("", "audio codec .nemo path or Hugging Face id (default: the checkpoint's own)")
     hf_cache: str = setting("", "Hugging Face hub cache to look up model ids in (default: HF_HUB_CACHE)")
     host: str = setting("127.0.0.1", "address to bind")
-    port: int = setting(8001, "TCP port for HTTP, the WebSocket and /health", check=port_number)
+    port: int = setting(ports.TTS, "TCP port for HTTP, the WebSocket and /health", check=port_number)
     api_key_file: str = setting("", "file with the API key clients must send as Authorization: Bearer "
                                 "(default: the unit's api-key credential, if it loads one; else none)")
     allowed_origins: str = setting("", "browser origins (scheme://host:port, comma-separated, * for any) "
