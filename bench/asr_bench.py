@@ -23,6 +23,7 @@ import click
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "servers"))
+sys.path.insert(0, str(ROOT))  # random_models
 sys.path.insert(0, str(ROOT / "bench"))
 
 MODES = {"eager": ["--no-cuda-graphs"], "graphs": ["--cuda-graphs"]}
@@ -74,7 +75,7 @@ def main(shape, model_path, modes, streams, seconds, frame_ms, large_frame_ms, p
 
     out.mkdir(parents=True, exist_ok=True)
     if model_path is None:
-        from nemotron_asr.random_model import build
+        from random_models.asr import build
 
         model_path = Path(f"/tmp/asr-{shape}.nemo")
         if not model_path.exists():

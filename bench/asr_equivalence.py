@@ -17,13 +17,15 @@ from pathlib import Path
 import click
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "servers"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # random_models
 
 
 def check(model_path: Path, right_context: int, cuda_graphs: bool, clips: int) -> dict:
     """One process per configuration: NeMo's second restore_from in a process can fail on torch 2.11."""
     from nemotron_asr.engine import Engine
     from nemotron_asr.model import StreamingModel
-    from nemotron_asr.random_model import speechlike_audio
+
+    from random_models.asr import speechlike_audio
 
     model = StreamingModel(model_path, right_context, max_streams=clips, cuda_graphs=cuda_graphs,
                            graph_buckets=(1, 2, 4, 8))

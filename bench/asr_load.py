@@ -24,10 +24,11 @@ import numpy as np
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "servers"))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # random_models
 
 
 def _audio(seconds: float) -> bytes:
-    from nemotron_asr.random_model import speechlike_audio
+    from random_models.asr import speechlike_audio
 
     return (speechlike_audio(seconds, seed=7) * 32767).astype("<i2").tobytes()
 

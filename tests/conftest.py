@@ -14,7 +14,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 @pytest.fixture(scope="session")
 def tiny_asr_model(tmp_path_factory) -> Path:
     """A tiny random cache-aware FastConformer RNN-T, saved with save_to (loaded with restore_from)."""
-    from nemotron_asr.random_model import build
+    from random_models.asr import build
 
     return build(tmp_path_factory.mktemp("asr") / "tiny-streaming.nemo", "tiny", seed=0)
 
@@ -22,6 +22,6 @@ def tiny_asr_model(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_tts_model(tmp_path_factory) -> Path:
     """A tiny random Magpie (decoder_ce, five baked voices) and codec, saved with save_to."""
-    from nemotron_tts.random_model import build
+    from random_models.tts import build
 
     return build(tmp_path_factory.mktemp("tts") / "tiny-magpie.nemo", "tiny", seed=0, max_decoder_steps=40)

@@ -19,10 +19,12 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "servers"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # random_models
 
 from nemotron_asr.engine import Engine  # noqa: E402
 from nemotron_asr.model import StreamingModel  # noqa: E402
-from nemotron_asr.random_model import speechlike_audio  # noqa: E402
+
+from random_models.asr import speechlike_audio  # noqa: E402
 
 FRAME_BYTES = 2560  # 80 ms of 16 kHz 16-bit PCM
 

@@ -9,7 +9,8 @@ from helpers.asr_client import pcm_as_float, to_pcm
 from nemotron_asr.engine import Engine
 from nemotron_asr.loading import warm_up
 from nemotron_asr.model import StreamingModel
-from nemotron_asr.random_model import speechlike_audio
+
+from random_models.asr import speechlike_audio
 
 pytestmark = pytest.mark.slow
 

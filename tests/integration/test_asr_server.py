@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 from helpers.asr_client import ASRClient, pcm_as_float, to_pcm
 from helpers.process import ServerProcess, get_json, scrape
-from nemotron_asr.random_model import speechlike_audio
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
+
+from random_models.asr import speechlike_audio
 
 pytestmark = pytest.mark.slow
 MAX_SESSIONS = 3

@@ -9,8 +9,9 @@ import pytest
 import riva.client
 from helpers.asr_client import pcm_as_float, to_pcm
 from helpers.process import ServerProcess
-from nemotron_asr.random_model import speechlike_audio
 from riva.client.proto import health_pb2, health_pb2_grpc
+
+from random_models.asr import speechlike_audio
 
 pytestmark = pytest.mark.slow
 KEY = "riva-k3y"

@@ -6,7 +6,7 @@ nvidia/nemotron-speech-streaming-en-0.6b (24 layers, d_model 1024, 128 mels, 8x 
 2-layer LSTM predictor 640, 1024 tokens). The blank logit is biased so greedy decoding emits a few
 tokens per second instead of nothing or garbage. Loading goes through ``restore_from`` like any model.
 
-    python -m nemotron_asr.random_model OUT.nemo --shape tiny
+    python -m random_models.asr OUT.nemo --shape tiny
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ per frame, 8 codebooks) and a codec decoder the size of NeMo's low-frame-rate 22
 1/3/5), an approximation of the released NanoCodec, since the codec runs in every streamed chunk.
 Character tokenizers stand in for the G2P dictionaries, which are not available offline.
 
-    python -m nemotron_tts.random_model OUT.nemo --shape tiny
+    python -m random_models.tts OUT.nemo --shape tiny
 """
 
 from __future__ import annotations
