@@ -310,13 +310,21 @@ def _ports(config: Path) -> dict[str, int]:
 
 
 def _health(port: int) -> str:
+    """The /health status, and the GPU memory the server reports (ASR and TTS do)."""
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=3) as response:
-            return f"{response.status} {json.loads(response.read()).get('status', '?')}"
+            status, body = response.status, json.loads(response.read())
     except urllib.error.HTTPError as error:
-        return f"{error.code} {json.loads(error.read() or b'{}').get('status', '?')}"
+        status, body = error.code, json.loads(error.read() or b"{}")
     except (OSError, ValueError):
         return "no answer"
+    gpu = f", GPU {body['gpu_memory_mib']} MiB" if "gpu_memory_mib" in body else ""
+    return f"{status} {body.get('status', '?')}{gpu}"
+
+
+def _mib(value: str) -> str:
+    """systemd's MemoryCurrent (bytes, or [not set]) in MiB."""
+    return f"{int(value) // 2**20} MiB" if value.isdigit() else "-"
 
 
 def _systemd_running() -> bool:
@@ -326,16 +334,16 @@ def _systemd_running() -> bool:
 @main.command()
 @click.option("--config", type=click.Path(path_type=Path), default=Path("/etc/nemotron/nemotron.toml"))
 def status(config: Path) -> None:
-    """Each unit's state and its /health answer."""
+    """Each unit's state, its memory (host RAM, which a Spark's GPU shares) and its /health answer."""
     ports = _ports(config)
     running = _systemd_running()
     if not running:
         click.echo("systemd is not running on this machine (no /run/systemd/system): unit states are "
                    "unknown; /health is still asked", err=True)
-    click.echo(f"{'unit':24} {'enabled':9} {'state':20} {'restarts':8} health")
+    click.echo(f"{'unit':24} {'enabled':9} {'state':20} {'restarts':8} {'memory':10} health")
     for unit in UNIT_NAMES:
         props = subprocess.run(
-            ["systemctl", "show", unit, "-p", "UnitFileState,ActiveState,SubState,NRestarts"],
+            ["systemctl", "show", unit, "-p", "UnitFileState,ActiveState,SubState,NRestarts,MemoryCurrent"],
             capture_output=True,
             text=True,
         ).stdout if running else ""
@@ -346,7 +354,7 @@ def status(config: Path) -> None:
         state = f"{values.get('ActiveState', unknown)} ({values.get('SubState', unknown)})"
         click.echo(
             f"{unit:24} {values.get('UnitFileState', unknown):9} {state:20} "
-            f"{values.get('NRestarts', ''):8} {health}"
+            f"{values.get('NRestarts', ''):8} {_mib(values.get('MemoryCurrent', '')):10} {health}"
         )
 
 

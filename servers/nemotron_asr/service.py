@@ -27,7 +27,8 @@ class ASRService(EngineService):
                                    config.max_frame_bytes, access, model_path.stem)
 
     def engine_details(self) -> dict:
-        return {"steps": self.engine.steps}
+        return {"steps": self.engine.steps, "max_batch": self.config.max_batch,
+                "gpu_memory_mib": round(self.engine.gpu_memory_bytes / 2**20)}
 
     def load_and_warm_up(self, progress: Progress) -> str:
         # The model and engine live in a child process (see engine_process.py); this one serves.

@@ -103,6 +103,14 @@ class Recognition(asr_grpc.RivaSpeechRecognitionServicer):
             await ws.close()
         await context.abort(grpc.StatusCode.UNAVAILABLE, "the ASR session ended without a transcript")
 
+    async def GetRivaSpeechRecognitionConfig(self, request, context):
+        await self.upstream.authorize(context)
+        config = asr.RivaSpeechRecognitionConfigResponse.Config(
+            model_name=self.upstream.asr_model,
+            parameters={"language_code": "en-US", "sample_rate": str(SAMPLE_RATE), "type": "online",
+                        "streaming": "true", "offline": "true"})
+        return asr.RivaSpeechRecognitionConfigResponse(model_config=[config])
+
     async def StreamingRecognize(self, request_iterator, context):
         first = await anext(aiter(request_iterator), None)
         if first is None or not first.HasField("streaming_config"):

@@ -12,6 +12,7 @@ import asyncio
 import json
 
 import grpc
+from nemotron_common.resample import StreamResampler
 from riva.client.proto import riva_audio_pb2 as audio
 from riva.client.proto import riva_tts_pb2 as tts
 from riva.client.proto import riva_tts_pb2_grpc as tts_grpc
@@ -34,13 +35,17 @@ class Synthesis(tts_grpc.RivaSpeechSynthesisServicer):
         if request.encoding not in PCM_ENCODINGS:
             return (f"encoding {audio.AudioEncoding.Name(request.encoding)} is not supported: ask for "
                     "LINEAR_PCM")
-        if request.sample_rate_hz not in (0, self.sample_rate):
-            return (f"sample_rate_hz {request.sample_rate_hz} is not supported: the voices speak at "
-                    f"{self.sample_rate} Hz")
+        if request.sample_rate_hz and not 8000 <= request.sample_rate_hz <= 48000:
+            return f"sample_rate_hz {request.sample_rate_hz} is not supported: ask for 8000 to 48000 Hz"
         if request.voice_name and self._voice(request.voice_name) is None:
             voices = self.upstream.tts_config["voices"]
             return f"unknown voice {request.voice_name!r}; valid voices: {', '.join(voices)}"
         return None
+
+    def _resampler(self, request: tts.SynthesizeSpeechRequest) -> StreamResampler | None:
+        """Audio comes at the voices' rate; another ``sample_rate_hz`` is resampled on the way."""
+        wanted = request.sample_rate_hz or self.sample_rate
+        return StreamResampler(self.sample_rate, wanted) if wanted != self.sample_rate else None
 
     def _voice(self, name: str) -> str | None:
         voice = name.strip().lower().rsplit(".", 1)[-1]
@@ -94,7 +99,10 @@ class Synthesis(tts_grpc.RivaSpeechSynthesisServicer):
             await self._until(ws, context, "done", keep)
         finally:
             await ws.close()
-        return tts.SynthesizeSpeechResponse(audio=b"".join(pieces))
+        pcm = b"".join(pieces)
+        if resampler := self._resampler(request):
+            pcm = resampler.chunk(pcm, last=True)
+        return tts.SynthesizeSpeechResponse(audio=pcm)
 
     async def SynthesizeOnline(self, request_iterator, context):
         first = await anext(aiter(request_iterator), None)
@@ -113,17 +121,20 @@ class Synthesis(tts_grpc.RivaSpeechSynthesisServicer):
             await ws.send(json.dumps({"type": "close"}))
 
         sender = None
+        resampler = self._resampler(first)
         try:
             await self._until(ws, context, "stream_created")
             sender = asyncio.create_task(send_texts())
             async for raw in ws:
                 if isinstance(raw, bytes):
-                    yield tts.SynthesizeSpeechResponse(audio=raw)
+                    yield tts.SynthesizeSpeechResponse(audio=resampler.chunk(raw) if resampler else raw)
                     continue
                 message = json.loads(raw)
                 if message["type"] == "error":
                     await context.abort(grpc.StatusCode.INVALID_ARGUMENT, message["message"])
                 if message["type"] == "done":
+                    if resampler and (tail := resampler.chunk(b"", last=True)):
+                        yield tts.SynthesizeSpeechResponse(audio=tail)
                     return
         finally:
             if sender is not None:

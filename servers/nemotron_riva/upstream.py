@@ -23,6 +23,7 @@ class Upstream:
         self.api_key = api_key
         self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.tts_config: dict = {}
+        self.asr_model = ""
 
     async def authorize(self, context: grpc.aio.ServicerContext) -> None:
         """With an API key, a call must carry the metadata ``authorization: Bearer KEY``."""
@@ -58,6 +59,8 @@ class Upstream:
                     raise RuntimeError(f"{name} at {base} was not ready within {timeout_s:g} s")
                 progress(f"waiting for {name} at {base}", timeout_s)
                 time.sleep(1.0)
+        status, body = self._get(http_base(self.asr_url) + "/v1/models")
+        self.asr_model = json.loads(body)["data"][0]["id"] if status == 200 else "asr"
         status, body = self._get(http_base(self.tts_url) + "/v1/audio/config")
         if status != 200:
             raise RuntimeError(f"TTS /v1/audio/config answered {status}: {body[:200]!r}")

@@ -7,6 +7,7 @@ import wave
 
 import numpy as np
 import torch
+from nemotron_common.resample import resample
 
 KNEE = 0.9  # below this the signal passes unchanged
 
@@ -64,21 +65,3 @@ def encode(pcm: bytes, sample_rate: int, response_format: str) -> tuple[bytes, s
     buffer = io.BytesIO()
     soundfile.write(buffer, samples, sample_rate, format=container, subtype=subtype)
     return buffer.getvalue(), content_type
-
-
-def resample(samples: np.ndarray, rate_in: int, rate_out: int) -> np.ndarray:
-    import soxr
-
-    return soxr.resample(samples, rate_in, rate_out, quality="HQ")
-
-
-class StreamResampler:
-    """16-bit PCM chunks from one rate to another, chunk by chunk with no seams (soxr's stream)."""
-
-    def __init__(self, rate_in: int, rate_out: int) -> None:
-        import soxr
-
-        self._stream = soxr.ResampleStream(rate_in, rate_out, 1, dtype="int16", quality="HQ")
-
-    def chunk(self, pcm: bytes, last: bool = False) -> bytes:
-        return self._stream.resample_chunk(np.frombuffer(pcm, dtype="<i2"), last=last).astype("<i2").tobytes()

@@ -35,7 +35,10 @@ class TTSService(EngineService):
                                    config.http_sample_rate)
 
     def engine_details(self) -> dict:
-        return {"engine": self.engine.summary()}
+        from nemotron_common.metrics import cuda_memory_reserved
+
+        return {"engine": self.engine.summary(), "max_batch": self.config.max_batch,
+                "gpu_memory_mib": round(cuda_memory_reserved() / 2**20)}
 
     def load_and_warm_up(self, progress: Progress) -> str:
         from nemotron_common.devices import set_cpu_threads

@@ -15,8 +15,9 @@ from nemotron_common.access import Access
 from nemotron_common.health import HEALTH_PATHS, Health
 from nemotron_common.metrics import METRICS_PATH
 from nemotron_common.models_list import MODELS_PATH, models_body
+from nemotron_common.resample import StreamResampler
 
-from .audio import ENCODED, StreamResampler, duration_ms, encode, wav_file
+from .audio import ENCODED, duration_ms, encode, wav_file
 from .catalog import RequestError
 from .metrics import TTSMetrics
 from .session import StreamSession

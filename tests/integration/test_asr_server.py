@@ -64,6 +64,7 @@ def test_health_endpoints(server):
     for path in ("/health", "/v1/health/ready", "/v1/health/live"):
         status, body = server.health(path)
         assert status == 200 and body["status"] == "healthy" and body["model_loaded"] is True
+        assert body["gpu_memory_mib"] == 0 and body["max_sessions"] == MAX_SESSIONS  # (on the CPU)
     assert get_json(server.base + "/nope")[0] == 404
     status, models = get_json(server.base + "/v1/models")
     assert status == 200 and models["object"] == "list" and models["data"][0]["id"] == "tiny-streaming"

@@ -83,8 +83,12 @@ def test_offline_recognition_of_a_wav_file(auth, offline):
         wav.setsampwidth(2)
         wav.setframerate(16000)
         wav.writeframes(pcm)
-    response = riva.client.ASRService(auth).offline_recognize(buffer.getvalue(), recognition_config())
+    service = riva.client.ASRService(auth)
+    response = service.offline_recognize(buffer.getvalue(), recognition_config())
     assert response.results[0].alternatives[0].transcript == offline(pcm)
+    request = riva.client.proto.riva_asr_pb2.RivaSpeechRecognitionConfigRequest()
+    config = service.stub.GetRivaSpeechRecognitionConfig(request, metadata=auth.get_auth_metadata())
+    assert config.model_config[0].model_name == "tiny-streaming"
 
 
 def test_synthesis_whole_and_online(auth, stack):
@@ -104,12 +108,24 @@ def test_synthesis_whole_and_online(auth, stack):
     (lambda a: riva.client.ASRService(a).offline_recognize(b"\0" * 3200,
                                                            recognition_config(sample_rate_hertz=8000)),
      "sample_rate_hertz 8000 is not supported"),
-    (lambda a: riva.client.SpeechSynthesisService(a).synthesize("Hi.", sample_rate_hz=44100),
-     "the voices speak at 22050 Hz"),
+    (lambda a: riva.client.SpeechSynthesisService(a).synthesize("Hi.", sample_rate_hz=96000),
+     "sample_rate_hz 96000 is not supported"),
     (lambda a: riva.client.SpeechSynthesisService(a).synthesize("Hi.", voice_name="English-US.Female-1"),
      "valid voices: john, sofia, aria, jason, leo"),
     (lambda a: riva.client.SpeechSynthesisService(a).synthesize("x" * 5000), "longer than 4000 characters"),
 ])
+def test_synthesis_at_the_rate_the_client_asks(auth):
+    """Pipecat and others ask for 24 or 16 kHz: the voices' 22.05 kHz audio is resampled on the way."""
+    service = riva.client.SpeechSynthesisService(auth)
+    native = service.synthesize("The same words.", voice_name="aria", sample_rate_hz=22050).audio
+    for rate in (16000, 24000):
+        whole = service.synthesize("The same words.", voice_name="aria", sample_rate_hz=rate).audio
+        streamed = b"".join(r.audio for r in service.synthesize_online("The same words.", voice_name="aria",
+                                                                        sample_rate_hz=rate))
+        expected = len(native) / 2 / 22050 * rate
+        assert abs(len(whole) / 2 - expected) <= 2 and abs(len(streamed) / 2 - expected) <= 2, rate
+
+
 def test_what_cannot_be_served_gets_invalid_argument(auth, call, fragment):
     with pytest.raises(grpc.RpcError) as error:
         call(auth)

@@ -66,6 +66,7 @@ def test_readiness_reported_to_systemd_after_warmup(server):
     for path in ("/health", "/v1/health/ready", "/v1/health/live"):
         status, body = server.health(path)
         assert status == 200 and body["status"] == "healthy" and body["model_loaded"] is True
+        assert body["gpu_memory_mib"] == 0 and body["max_batch"] == 8  # (on the CPU)
 
 
 def test_requests_while_loading_get_503(server):
