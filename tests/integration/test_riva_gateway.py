@@ -104,16 +104,6 @@ def test_synthesis_whole_and_online(auth, stack):
     assert [m.model_name for m in config.model_config] == ["john", "sofia", "aria", "jason", "leo"]
 
 
-@pytest.mark.parametrize(("call", "fragment"), [
-    (lambda a: riva.client.ASRService(a).offline_recognize(b"\0" * 3200,
-                                                           recognition_config(sample_rate_hertz=8000)),
-     "sample_rate_hertz 8000 is not supported"),
-    (lambda a: riva.client.SpeechSynthesisService(a).synthesize("Hi.", sample_rate_hz=96000),
-     "sample_rate_hz 96000 is not supported"),
-    (lambda a: riva.client.SpeechSynthesisService(a).synthesize("Hi.", voice_name="English-US.Female-1"),
-     "valid voices: john, sofia, aria, jason, leo"),
-    (lambda a: riva.client.SpeechSynthesisService(a).synthesize("x" * 5000), "longer than 4000 characters"),
-])
 def test_synthesis_at_the_rate_the_client_asks(auth):
     """Pipecat and others ask for 24 or 16 kHz: the voices' 22.05 kHz audio is resampled on the way."""
     service = riva.client.SpeechSynthesisService(auth)
@@ -126,6 +116,16 @@ def test_synthesis_at_the_rate_the_client_asks(auth):
         assert abs(len(whole) / 2 - expected) <= 2 and abs(len(streamed) / 2 - expected) <= 2, rate
 
 
+@pytest.mark.parametrize(("call", "fragment"), [
+    (lambda a: riva.client.ASRService(a).offline_recognize(b"\0" * 3200,
+                                                           recognition_config(sample_rate_hertz=8000)),
+     "sample_rate_hertz 8000 is not supported"),
+    (lambda a: riva.client.SpeechSynthesisService(a).synthesize("Hi.", sample_rate_hz=96000),
+     "sample_rate_hz 96000 is not supported"),
+    (lambda a: riva.client.SpeechSynthesisService(a).synthesize("Hi.", voice_name="English-US.Female-1"),
+     "valid voices: john, sofia, aria, jason, leo"),
+    (lambda a: riva.client.SpeechSynthesisService(a).synthesize("x" * 5000), "longer than 4000 characters"),
+])
 def test_what_cannot_be_served_gets_invalid_argument(auth, call, fragment):
     with pytest.raises(grpc.RpcError) as error:
         call(auth)

@@ -414,3 +414,9 @@ def test_riva_gateway_is_configured_to_reach_the_services_it_fronts():
     assert 'tts_url = "ws://127.0.0.1:8001/ws/tts/stream"\nendpoint_ms = 500' in config
     assert "nemotron-riva.service" in selected_units(options)
     assert "nemotron-riva.service" not in selected_units(Options())
+
+
+def test_status_shows_memory_in_mib():
+    from nemotron_install.cli import _mib
+
+    assert _mib(str(5 * 2**20 + 7)) == "5 MiB" and _mib("[not set]") == "-" and _mib("") == "-"
