@@ -33,8 +33,8 @@ def set_cpu_threads(requested: int, device: str) -> int:
 
     ``requested`` 0 means: one on a GPU, where the CPU only launches kernels and more threads only
     spin against the event loop and the other services; on the CPU, the cores this process may run
-    on. Torch's own default (every core, whatever else runs) made TTS requests on a busy 2-core host
-    take 3-35 s instead of 0.6 s, with ASR, the LLM and clients on the same cores.
+    on. Torch's own default takes every core whatever else runs, and on a small host shared with
+    ASR, the LLM and clients its threads oversubscribe the cores many times over.
     """
     if requested <= 0:
         requested = 1 if pick_device(device).type == "cuda" else len(os.sched_getaffinity(0))
