@@ -16,6 +16,7 @@ import wave
 
 import grpc
 import numpy as np
+from nemotron_common.resample import StreamResampler
 from riva.client.proto import riva_asr_pb2 as asr
 from riva.client.proto import riva_asr_pb2_grpc as asr_grpc
 from riva.client.proto import riva_audio_pb2 as audio
@@ -35,27 +36,33 @@ def check_config(config: asr.RecognitionConfig) -> str | None:
     if config.encoding not in PCM_ENCODINGS:
         return (f"encoding {audio.AudioEncoding.Name(config.encoding)} is not supported: send LINEAR_PCM "
                 "(16-bit little-endian)")
-    if config.sample_rate_hertz not in (0, SAMPLE_RATE):
-        return f"sample_rate_hertz {config.sample_rate_hertz} is not supported: send {SAMPLE_RATE} Hz audio"
+    if config.sample_rate_hertz and not 8000 <= config.sample_rate_hertz <= 48000:
+        return f"sample_rate_hertz {config.sample_rate_hertz} is not supported: send 8000 to 48000 Hz audio"
     if config.audio_channel_count not in (0, 1):
         return f"audio_channel_count {config.audio_channel_count} is not supported: send mono audio"
     return None
 
 
-def pcm_of(data: bytes) -> tuple[bytes, str | None]:
-    """Raw PCM, from a WAV file's bytes or raw PCM as given; the problem, if the WAV cannot be taken."""
-    if not data.startswith(b"RIFF"):
-        return data, None
-    try:
-        with wave.open(io.BytesIO(data)) as wav:
-            shape = (wav.getframerate(), wav.getnchannels(), wav.getsampwidth())
-            frames = wav.readframes(wav.getnframes())
-    except (wave.Error, EOFError) as exc:
-        return b"", f"the audio is not a WAV file the server can read: {exc}"
-    if shape != (SAMPLE_RATE, 1, 2):
-        rate, channels, width = shape
-        return b"", f"WAV of {rate} Hz, {channels} channel(s), {8 * width}-bit: send 16 kHz mono 16-bit"
-    return frames, None
+def to_16k(rate: int) -> StreamResampler | None:
+    """What brings audio of ``rate`` (0: unspecified) to the ASR server's 16 kHz, chunk by chunk."""
+    return StreamResampler(rate, SAMPLE_RATE) if rate and rate != SAMPLE_RATE else None
+
+
+def pcm_of(data: bytes, rate: int) -> tuple[bytes, str | None]:
+    """16 kHz PCM from a WAV file's bytes (any rate) or from raw PCM at ``rate``; the problem, if
+    the WAV cannot be taken."""
+    if data.startswith(b"RIFF"):
+        try:
+            with wave.open(io.BytesIO(data)) as wav:
+                rate, channels, width = wav.getframerate(), wav.getnchannels(), wav.getsampwidth()
+                data = wav.readframes(wav.getnframes())
+        except (wave.Error, EOFError) as exc:
+            return b"", f"the audio is not a WAV file the server can read: {exc}"
+        if (channels, width) != (1, 2) or not 8000 <= rate <= 48000:
+            return b"", (f"WAV of {rate} Hz, {channels} channel(s), {8 * width}-bit: send mono 16-bit "
+                         "audio at 8000 to 48000 Hz")
+    resampler = to_16k(rate)
+    return (resampler.chunk(data, last=True) if resampler else data), None
 
 
 def _alternative(text: str) -> asr.SpeechRecognitionAlternative:
@@ -83,7 +90,7 @@ class Recognition(asr_grpc.RivaSpeechRecognitionServicer):
     async def Recognize(self, request: asr.RecognizeRequest, context) -> asr.RecognizeResponse:
         if problem := check_config(request.config):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
-        pcm, problem = pcm_of(request.audio)
+        pcm, problem = pcm_of(request.audio, request.config.sample_rate_hertz)
         if problem:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
         ws = await self._session(context)
@@ -123,7 +130,8 @@ class Recognition(asr_grpc.RivaSpeechRecognitionServicer):
         asked = streaming.config.HasField("endpointing_config") and endpoint.HasField("stop_history")
         endpoint_ms = endpoint.stop_history if asked and endpoint.stop_history > 0 else self.endpoint_ms
         ws = await self._session(context)
-        call = _StreamingCall(ws, streaming.interim_results, endpoint_ms * BYTES_PER_MS)
+        call = _StreamingCall(ws, streaming.interim_results, endpoint_ms * BYTES_PER_MS,
+                              to_16k(streaming.config.sample_rate_hertz))
         feeder = asyncio.create_task(call.feed(request_iterator))
         try:
             async for response in call.responses():
@@ -139,8 +147,9 @@ class Recognition(asr_grpc.RivaSpeechRecognitionServicer):
 class _StreamingCall:
     """The state of one StreamingRecognize call between its request and its ASR reader."""
 
-    def __init__(self, ws, interim: bool, endpoint_bytes: int) -> None:
+    def __init__(self, ws, interim: bool, endpoint_bytes: int, resampler: StreamResampler | None) -> None:
         self.ws, self.interim, self.endpoint_bytes = ws, interim, endpoint_bytes
+        self.resampler = resampler  # the client's rate to 16 kHz, or None
         self.fed = 0  # audio bytes sent to ASR
         self.text, self.changed_at = "", 0  # the utterance so far, and how much audio had been fed then
         self.quiet = 0  # bytes of quiet audio at the end of what was fed
@@ -161,6 +170,10 @@ class _StreamingCall:
             if not request.audio_content:
                 continue
             chunk = request.audio_content
+            if self.resampler:
+                chunk = self.resampler.chunk(chunk)
+                if not chunk:
+                    continue  # the resampler holds it until it has enough
             await self.ws.send(chunk)
             self.fed += len(chunk)
             self.unreset += len(chunk)
@@ -170,6 +183,9 @@ class _StreamingCall:
             pause = max(self.quiet, self.fed - self.changed_at)
             if self.text and pause >= self.endpoint_bytes:
                 await self._reset()  # an endpoint: endpoint_ms of quiet audio, or of no new words
+        if self.resampler and (tail := self.resampler.chunk(b"", last=True)):
+            await self.ws.send(tail)
+            self.unreset += len(tail)
         if self.unreset:
             await self._reset()
         self.input_done = True

@@ -5,6 +5,7 @@ import io
 import wave
 
 import grpc
+import numpy as np
 import pytest
 import riva.client
 from helpers.asr_client import pcm_as_float, to_pcm
@@ -75,6 +76,22 @@ def test_streaming_recognition_gives_interims_and_the_final_transcript(auth, off
     assert interims and expected.startswith(interims[0].rstrip())
 
 
+def test_streaming_recognition_of_8_khz_audio(auth, offline):
+    """Telephony audio: the gateway brings it to 16 kHz with soxr's stream resampler, chunk by chunk."""
+    from nemotron_common.resample import StreamResampler, resample
+
+    pcm16 = to_pcm(speechlike_audio(2.0, seed=4))
+    pcm8 = resample(np.frombuffer(pcm16, dtype="<i2"), 16000, 8000).astype("<i2").tobytes()
+    chunks = [pcm8[i:i + 1600] for i in range(0, len(pcm8), 1600)]
+    back = StreamResampler(8000, 16000)  # what the gateway does with the same chunks
+    expected = offline(b"".join(back.chunk(c) for c in chunks) + back.chunk(b"", last=True))
+    config = riva.client.StreamingRecognitionConfig(config=recognition_config(sample_rate_hertz=8000))
+    riva.client.add_endpoint_parameters_to_config(config, 0, 0.0, 60_000, 0, 0.0, 0.0)
+    responses = riva.client.ASRService(auth).streaming_response_generator(chunks, config)
+    finals = [r.alternatives[0].transcript for response in responses for r in response.results if r.is_final]
+    assert expected and finals == [expected]
+
+
 def test_offline_recognition_of_a_wav_file(auth, offline):
     pcm = to_pcm(speechlike_audio(1.5, seed=0))
     buffer = io.BytesIO()
@@ -118,8 +135,8 @@ def test_synthesis_at_the_rate_the_client_asks(auth):
 
 @pytest.mark.parametrize(("call", "fragment"), [
     (lambda a: riva.client.ASRService(a).offline_recognize(b"\0" * 3200,
-                                                           recognition_config(sample_rate_hertz=8000)),
-     "sample_rate_hertz 8000 is not supported"),
+                                                           recognition_config(sample_rate_hertz=96000)),
+     "sample_rate_hertz 96000 is not supported"),
     (lambda a: riva.client.SpeechSynthesisService(a).synthesize("Hi.", sample_rate_hz=96000),
      "sample_rate_hz 96000 is not supported"),
     (lambda a: riva.client.SpeechSynthesisService(a).synthesize("Hi.", voice_name="English-US.Female-1"),
