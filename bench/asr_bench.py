@@ -71,7 +71,7 @@ def _steps_between(before: dict, after: dict) -> dict:
 def main(shape, model_path, modes, streams, seconds, frame_ms, large_frame_ms, procs, right_context,
          out, port, step_timing, spread_ms) -> None:
     from asr_load import run_level
-    from serving import device_name, wait_ready
+    from serving import device_name, stop, wait_ready
 
     out.mkdir(parents=True, exist_ok=True)
     if model_path is None:
@@ -114,11 +114,7 @@ def main(shape, model_path, modes, streams, seconds, frame_ms, large_frame_ms, p
                 rows.append(row)
             report["runs"][mode] = {"ready_s": round(ready_s, 1), "rows": rows, "health": health}
         finally:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(60)
-            except subprocess.TimeoutExpired:
-                process.kill()
+            stop(process)
         (out / "asr_bench.json").write_text(json.dumps(report, indent=1))
     spread = f", stream starts spread over {spread_ms:g} ms" if spread_ms else ""
     lines = [f"ASR time to final, {report['device']}, random weights ({model_path.name}), "

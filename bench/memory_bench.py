@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -29,7 +28,7 @@ from websockets.asyncio.client import connect
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
-from serving import device_name, wait_ready  # noqa: E402 - bench/ is not a package
+from serving import device_name, stop, wait_ready  # noqa: E402 - bench/ is not a package
 
 
 def _tree(pid: int) -> set[int]:
@@ -119,11 +118,7 @@ def measure(service: str, model: Path, capacity: int, port: int, log_dir: Path, 
         row["allocator_reserved_after_load_mib"] = reserved_mib(port, service)
         return row
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(60)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        stop(process)
 
 
 @click.command()

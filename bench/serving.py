@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import time
 import urllib.request
@@ -20,6 +21,15 @@ def wait_ready(port: int, process: subprocess.Popen, timeout: float) -> float:
             pass
         time.sleep(0.5)
     raise TimeoutError("server did not become ready")
+
+
+def stop(process: subprocess.Popen, timeout: float = 60) -> None:
+    """SIGTERM (the server drains), then SIGKILL if it is still there after ``timeout``."""
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
 
 
 def device_name() -> str:

@@ -37,8 +37,9 @@ class ASRMetrics:
         phases = m.counter_family("step_phase_seconds", "Time engine steps spent in each phase",
                                   ["kind", "phase"])
         for kind, totals in engine.step_totals.items():
-            steps.add_metric([kind], totals["steps"])
-            streams.add_metric([kind], totals["streams"])
-            for phase in ("features", "encoder", "decoder", "results"):
-                phases.add_metric([kind, phase], totals[phase] / 1000)
+            counts = dict(totals)
+            steps.add_metric([kind], counts.pop("steps"))
+            streams.add_metric([kind], counts.pop("streams"))
+            for phase, ms in counts.items():  # the rest: milliseconds per phase
+                phases.add_metric([kind, phase], ms / 1000)
         yield from (steps, streams, phases)

@@ -71,14 +71,19 @@ class Access:
     def allows_origin(self, origin: str) -> bool:
         return "*" in self.origins or origin.rstrip("/") in self.origins
 
+    def authorized(self, authorization: str) -> bool:
+        """Whether an ``Authorization`` value (``Bearer KEY``) passes: always, without a key."""
+        if self.api_key is None:
+            return True
+        scheme, _, token = authorization.partition(" ")
+        key = self.api_key.encode()
+        return scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), key)
+
     def refusal(self, headers: Mapping[str, str]) -> tuple[int, str] | None:
         """(HTTP status, message) when this request may not go on; None when it may."""
         origin = headers.get("Origin")
         if origin is not None and not self.allows_origin(origin):
             return 403, f"origin {origin} is not allowed (the service's allowed_origins setting)"
-        if self.api_key is not None:
-            scheme, _, token = headers.get("Authorization", "").partition(" ")
-            if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(),
-                                                                      self.api_key.encode()):
-                return 401, "a valid API key is required: send the header Authorization: Bearer <key>"
+        if not self.authorized(headers.get("Authorization", "")):
+            return 401, "a valid API key is required: send the header Authorization: Bearer <key>"
         return None

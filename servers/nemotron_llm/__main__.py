@@ -32,9 +32,9 @@ def main(config_path: Path | None, print_command: bool, **flags) -> None:
     try:
         config = load(LLMConfig, "llm", path=config_path, flags=flags)
         model = models.resolve(config)
+        key = read_api_key(config.api_key_file)  # a missing or malformed key file is a bad setting
         key_file = api_key_path(config.api_key_file)
-        read_api_key(config.api_key_file)  # a missing or malformed key file is a bad setting
-        env = backends.environment(config, key_file)
+        env = backends.environment(config, key)
     except (ConfigError, models.ModelError) as exc:
         logger.error(f"configuration error: {exc}")
         sys.exit(exitcodes.CONFIG_ERROR)

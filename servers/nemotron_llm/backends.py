@@ -6,7 +6,7 @@ import json
 import sys
 from pathlib import Path
 
-from nemotron_common.access import parse_origins, read_api_key
+from nemotron_common.access import parse_origins
 
 from .config import LLMConfig
 
@@ -45,9 +45,9 @@ def command(config: LLMConfig, model: str, key_file: Path | None = None) -> list
     return vllm(config, model) if config.backend == "vllm" else llamacpp(config, model, key_file)
 
 
-def environment(config: LLMConfig, key_file: Path | None = None) -> dict[str, str]:
+def environment(config: LLMConfig, key: str | None = None) -> dict[str, str]:
     """Variables the backend needs beyond the service's own: vLLM takes its key from VLLM_API_KEY
     (its process environment is readable by root and the service user only, unlike argv)."""
-    if config.backend == "vllm" and key_file is not None:
-        return {"VLLM_API_KEY": read_api_key(str(key_file))}
+    if config.backend == "vllm" and key is not None:
+        return {"VLLM_API_KEY": key}
     return {}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hmac
 import json
 import time
 import urllib.error
@@ -10,6 +9,7 @@ import urllib.request
 from urllib.parse import urlsplit
 
 import grpc
+from nemotron_common.access import Access
 
 
 def http_base(ws_url: str) -> str:
@@ -21,18 +21,15 @@ class Upstream:
     def __init__(self, asr_url: str, tts_url: str, api_key: str | None) -> None:
         self.asr_url, self.tts_url = asr_url, tts_url
         self.api_key = api_key
+        self.access = Access(api_key)
         self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.tts_config: dict = {}
         self.asr_model = ""
 
     async def authorize(self, context: grpc.aio.ServicerContext) -> None:
         """With an API key, a call must carry the metadata ``authorization: Bearer KEY``."""
-        if self.api_key is None:
-            return
         sent = dict(context.invocation_metadata() or ()).get("authorization", "")
-        scheme, _, token = sent.partition(" ")
-        valid = hmac.compare_digest(token.strip().encode(), self.api_key.encode())
-        if scheme.lower() != "bearer" or not valid:
+        if not self.access.authorized(sent):
             await context.abort(grpc.StatusCode.UNAUTHENTICATED,
                                 "a valid API key is required: send the metadata authorization: Bearer <key>")
 

@@ -4,6 +4,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from nemotron_common.access import read_api_key
 from nemotron_llm import backends, models
 from nemotron_llm.config import LLMConfig
 from nemotron_llm.supervisor import line_level
@@ -46,13 +47,13 @@ def test_access_settings_reach_the_backends_without_the_key_on_argv(tmp_path):
     argv = backends.command(config, "/m/q8.gguf", key)
     assert argv[argv.index("--api-key-file") + 1] == str(key) and "s3cret" not in argv
     assert argv[argv.index("--cors-origins") + 1] == "https://a.example"
-    assert backends.environment(config, key) == {}
+    assert backends.environment(config, read_api_key(str(key))) == {}
     assert backends.command(LLMConfig(), "/m/q8.gguf")[-2:] == ["--cors-origins", ""]  # CORS off
     vllm = LLMConfig(mode="vllm", trust_remote_code=True, allowed_origins="https://a.example, *")
     argv = backends.command(vllm, "m", key)
     assert "--trust-remote-code" in argv and "s3cret" not in " ".join(argv)
     assert argv[argv.index("--allowed-origins") + 1] == '["*", "https://a.example"]'
-    assert backends.environment(vllm, key) == {"VLLM_API_KEY": "s3cret"}
+    assert backends.environment(vllm, read_api_key(str(key))) == {"VLLM_API_KEY": "s3cret"}
 
 
 VLLM_PYTHON = os.environ.get("NEMOTRON_TEST_VLLM_PYTHON")
