@@ -17,12 +17,9 @@ import string
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import click
-
-if TYPE_CHECKING:
-    import numpy as np
+import numpy as np
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -97,7 +94,6 @@ def model_config(shape: Shape, tokenizer_dir: Path) -> dict:
 
 def speechlike_audio(seconds: float, seed: int) -> np.ndarray:
     """Float audio in [-1, 1] with speech-like structure: gliding harmonics, syllable envelope, noise."""
-    import numpy as np
 
     rng = np.random.default_rng(seed)
     t = np.arange(int(16000 * seconds)) / 16000
@@ -120,11 +116,101 @@ def _emission_rate(model, bias: float, features, lengths) -> float:
     return sum(len(h.y_sequence) for h in hyps) / float(encoded_len.sum())
 
 
+@dataclass(frozen=True)
+class Talk:
+    """How a model talks when served: words a second of audio, and interim transcripts per stream."""
+    words_per_second: float
+    chars_per_second: float
+    interims_per_stream: float
+
+
+def served_talk(streaming, audios: list[np.ndarray]) -> Talk:
+    """Stream ``audios`` through the server's own engine and steps (``streaming`` is a loaded
+    ``nemotron_asr.model.StreamingModel``: its right context, dtype and CUDA graphs) and count what
+    comes out."""
+    import threading
+    import time
+
+    from nemotron_asr.engine import Engine
+
+    finals: list[str] = []
+    interims = [0]
+    done = threading.Semaphore(0)
+
+    def deliver(result) -> None:
+        if result.kind == "interim":
+            interims[0] += 1
+        elif result.kind in ("final", "error"):
+            finals.append(result.text if result.kind == "final" else "")
+            done.release()
+
+    engine = Engine(streaming, max_batch=len(audios))
+    ids = [engine.open(deliver) for _ in audios]
+    for stream_id, audio in zip(ids, audios, strict=True):
+        engine.feed(stream_id, (np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes())
+        engine.finalize(stream_id)
+    engine.start()
+    try:
+        for _ in ids:
+            if not done.acquire(timeout=600):
+                raise RuntimeError("the engine did not finish the calibration streams")
+        for stream_id in ids:  # frees the slots for the next round
+            engine.close(stream_id)
+        while engine.active_streams:
+            time.sleep(0.01)
+    finally:
+        engine.stop()
+    seconds = sum(len(audio) for audio in audios) / 16000
+    words = sum(len(text.split()) for text in finals)
+    return Talk(words / seconds, sum(len(text) for text in finals) / seconds, interims[0] / len(audios))
+
+
+# Greedy decoding emits a token where the blank logit loses to the best token's; a random encoder's
+# output varies little from frame to frame, so the blank row is amplified to make that margin follow
+# the audio (emission then spreads over the utterance instead of bursting in one chunk).
+BLANK_GAIN = 10.0
+# English speech: about six characters a word, counting the space. Characters, unlike words, grow
+# monotonically with the tokens a random model emits, so the bisection counts them.
+CHARS_PER_WORD = 6.0
+
+
+def calibrate_served(model, path: Path, words_per_second: float, right_context: int, device: str,
+                     streams: int = 4, seconds: float = 6.0, seed: int = 1000) -> Talk:
+    """Bisect the blank bias until the model, served as the server serves it, says about
+    ``words_per_second`` (counted in characters); offline decoding of whole utterances does not
+    carry over to streaming in another precision and context. Sets the bias on ``model`` (then
+    saved by the caller) too."""
+    import torch
+    from nemotron_asr.model import StreamingModel
+
+    streaming = StreamingModel(path, right_context, device, max_streams=streams)
+    streaming.capture(lambda *_: None)
+    audios = [speechlike_audio(seconds, seed + i) for i in range(streams)]
+    served_bias = streaming.model.joint.joint_net[-1].bias
+    own_bias = model.joint.joint_net[-1].bias
+    start, reach = own_bias[-1].item(), 20.0 * BLANK_GAIN
+    low, high = start - reach, start + reach
+    for _ in range(16):
+        middle = (low + high) / 2
+        with torch.no_grad():
+            served_bias[-1] = middle
+        if served_talk(streaming, audios).chars_per_second > CHARS_PER_WORD * words_per_second:
+            low = middle
+        else:
+            high = middle
+    with torch.no_grad():
+        served_bias[-1] = own_bias[-1] = (low + high) / 2
+    return served_talk(streaming, audios)
+
+
 def build(out: Path, shape_name: str = "tiny", seed: int = 0, tokens_per_frame: float = 0.3,
-          device: str = "cpu") -> Path:
-    """Write a random-weight cache-aware RNN-T of ``shape_name`` to ``out`` and return its path."""
+          device: str = "cpu", words_per_second: float = 0.0, right_context: int = 1) -> Path:
+    """Write a random-weight cache-aware RNN-T of ``shape_name`` to ``out`` and return its path.
+
+    With ``words_per_second``, the emission rate is calibrated as the model is served (streaming at
+    ``right_context`` on ``device``, the server's default precision there); otherwise offline, at
+    ``tokens_per_frame`` for whole utterances."""
     import nemo.collections.asr as nemo_asr
-    import numpy as np
     import torch
     from omegaconf import OmegaConf
 
@@ -136,6 +222,9 @@ def build(out: Path, shape_name: str = "tiny", seed: int = 0, tokens_per_frame: 
         model = nemo_asr.models.EncDecRNNTBPEModel(cfg=OmegaConf.create(model_config(shape, Path(tmp))),
                                                   trainer=None).to(device).eval()
         model.encoder.set_default_att_context_size([70, 13])
+        if words_per_second:
+            with torch.no_grad():
+                model.joint.joint_net[-1].weight[-1] *= BLANK_GAIN
         audio = torch.from_numpy(np.stack([speechlike_audio(2.0, seed + i) for i in range(4)])).to(device)
         with torch.no_grad():
             features, lengths = model.preprocessor(input_signal=audio,
@@ -151,6 +240,11 @@ def build(out: Path, shape_name: str = "tiny", seed: int = 0, tokens_per_frame: 
         _emission_rate(model, (low + high) / 2, features, lengths)
         out.parent.mkdir(parents=True, exist_ok=True)
         model.save_to(str(out))
+        if words_per_second:
+            talk = calibrate_served(model, out, words_per_second, right_context, device)
+            print(f"served at right context {right_context} on {device}: {talk.words_per_second:.2f} "
+                  f"words/s, {talk.interims_per_stream:.1f} interims per stream", flush=True)
+            model.save_to(str(out))
     return out
 
 

@@ -15,7 +15,8 @@ class ASRConfig:
     model: str = setting("", "path to a .nemo file, or a Hugging Face id found in the local cache")
     hf_cache: str = setting("", "Hugging Face hub cache to look up model ids in (default: HF_HUB_CACHE)")
     host: str = setting("127.0.0.1", "address to bind")
-    port: int = setting(ports.ASR, "TCP port for the WebSocket and /health", check=port_number)
+    port: int = setting(ports.ASR, "TCP port for the WebSocket, HTTP endpoints and /health",
+                        check=port_number)
     api_key_file: str = setting("", "file with the API key clients must send as Authorization: Bearer "
                                 "(default: the unit's api-key credential, if it loads one; else none)")
     allowed_origins: str = setting("", "browser origins (scheme://host:port, comma-separated, * for any) "
@@ -31,6 +32,8 @@ class ASRConfig:
                                 check=positive)
     max_batch: int = setting(512, "most streams in one batched step", check=positive)
     max_frame_bytes: int = setting(1_048_576, "largest binary audio frame accepted", check=positive)
+    max_upload_mb: int = setting(25, "largest audio file POST /v1/audio/transcriptions takes, in MiB",
+                                 check=positive)
     drain_timeout: float = setting(10.0, "seconds open sessions get to finish on shutdown",
                                    check=positive)
     warmup_streams: int = setting(0, "streams in the warmup step (0 = max_batch, to claim peak memory)")

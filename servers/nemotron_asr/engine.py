@@ -323,7 +323,8 @@ class Engine(StreamCommands):
             self._drop_used_audio(stream)
             if text != stream.text:
                 stream.text = text
-                self._outgoing.append((stream, Result("interim", text, self._audio_ms(stream))))
+                self._outgoing.append((stream, Result("interim", text, self._audio_ms(stream),
+                                                            self._heard_ms(stream))))
         if kind in FINAL_KINDS:
             self._finish_utterances([step.stream for step in steps])
         times.append(time.perf_counter())
@@ -344,6 +345,10 @@ class Engine(StreamCommands):
 
     def _audio_ms(self, stream: _Stream) -> float:
         return stream.total * 1000.0 / self.model.featurizer.sample_rate
+
+    def _heard_ms(self, stream: _Stream) -> float:
+        featurizer = self.model.featurizer
+        return stream.consumed * featurizer.hop * 1000.0 / featurizer.sample_rate
 
     def _finish_utterances(self, streams: list[_Stream]) -> None:
         """Send the finals first (that is the latency users feel), then start fresh utterances."""

@@ -16,6 +16,7 @@ class Result:
     kind: str  # "interim", "final" (hard reset), "current" (soft reset) or "error"
     text: str
     audio_ms: float = 0.0  # audio in the utterance so far
+    heard_ms: float = 0.0  # of it, what the model has consumed: where the text so far ends
 
 
 Deliver = Callable[[Result], None]

@@ -14,6 +14,10 @@ class ASRMetrics:
         self.metrics = m = Metrics("asr")
         self.time_to_final = m.histogram("time_to_final_seconds",
                                          "From a client's hard reset to its final transcript being queued")
+        self.transcription_seconds = m.histogram(
+            "transcription_seconds",
+            "From an uploaded file's arrival to its transcript (POST /v1/audio/transcriptions)",
+            buckets=(0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0))
         self.errors = m.counter("errors", "Error messages sent to clients, by kind", ("kind",))
         self._audio = m.counter("audio_seconds", "Audio received from clients")
         self._sessions, self._max_sessions, self._engine = sessions, max_sessions, engine

@@ -24,7 +24,8 @@ class ASRService(EngineService):
         access = Access.from_settings(config.api_key_file, config.allowed_origins)
         logger.info(f"access: {access.describe()}")
         self.transport = Transport(self.health, config.host, config.port, config.max_sessions,
-                                   config.max_frame_bytes, access, model_path.stem)
+                                   config.max_frame_bytes, access, model_path.stem,
+                                   max_upload_bytes=config.max_upload_mb * 2**20)
 
     def engine_details(self) -> dict:
         return {"steps": self.engine.steps, "max_batch": self.config.max_batch,

@@ -1,151 +1,182 @@
-"""WebSocket transport: the bots' ASR protocol and ``GET /health`` on one port.
+"""ASR's routes on the shared HTTP layer: the bots' streaming WebSocket and OpenAI's transcriptions.
 
-``process_request`` answers health checks (and refuses WebSocket handshakes while the model loads)
-before any upgrade. Each connection runs a reader (``async for``) and a writer draining the
-session's outbox, so a slow client never blocks the engine.
+Each WebSocket runs a reader (``async for``) and a writer draining the session's outbox, so a slow
+client never blocks the engine.
 """
 
 from __future__ import annotations
 
 import asyncio
-import http
-import json
+import time
 from typing import TYPE_CHECKING
 
+from aiohttp import WSCloseCode, WSMsgType, web
 from loguru import logger
 from nemotron_common.access import Access
-from nemotron_common.health import HEALTH_PATHS, Health
-from nemotron_common.metrics import METRICS_PATH
-from nemotron_common.models_list import MODELS_PATH, models_body
-from websockets.asyncio.server import Server, ServerConnection, serve
-from websockets.datastructures import Headers
-from websockets.exceptions import ConnectionClosed
-from websockets.http11 import Request, Response
+from nemotron_common.health import Health
+from nemotron_common.http import HttpTransport, error_response
 
-from . import protocol
+from . import protocol, transcripts
 from .metrics import ASRMetrics
 from .session import Session
+from .transcription import PATH as TRANSCRIPTIONS_PATH
+from .transcription import BadUpload, Transcription, read_upload
 
 if TYPE_CHECKING:
     from .engine import Engine
 
 STREAM_PATHS = ("/", "/ws", "/v1/asr/stream")
+PING_INTERVAL_S = 20.0
 
 
-def json_response(status: int, body: bytes) -> Response:
-    headers = Headers([("Content-Type", "application/json"), ("Content-Length", str(len(body))),
-                       ("Connection", "close")])
-    return Response(status, http.HTTPStatus(status).phrase, headers, body)
-
-
-class Transport:
+class Transport(HttpTransport):
     def __init__(self, health: Health, host: str, port: int, max_sessions: int,
-                 max_frame_bytes: int, access: Access | None = None, model_id: str = "asr") -> None:
-        self.health = health
-        self.model_id = model_id
-        self.access = access or Access()
-        self.host, self.port = host, port
+                 max_frame_bytes: int, access: Access | None = None, model_id: str = "asr",
+                 max_upload_bytes: int = 25 * 2**20) -> None:
         self.max_sessions = max_sessions
         self.max_frame_bytes = max_frame_bytes
         self.engine: Engine | None = None  # set once the model is loaded
         self.sessions: set[Session] = set()
-        self.connections: set[ServerConnection] = set()
-        self.server: Server | None = None
-        self.accepting = True
-        self.metrics = ASRMetrics(lambda: len(self.sessions), max_sessions, lambda: self.engine)
+        self.transcriptions: set[Transcription] = set()
+        self.sockets: set[web.WebSocketResponse] = set()
+        metrics = ASRMetrics(lambda: len(self.sessions) + len(self.transcriptions), max_sessions,
+                             lambda: self.engine)
+        # Idle keep-alive connections close after the ping interval; WebSockets have their own pings.
+        super().__init__(health, host, port, access, model_id, metrics, max_body_bytes=max_upload_bytes,
+                         idle_timeout_s=PING_INTERVAL_S)
 
-    async def start(self) -> None:
-        self.server = await serve(
-            self._handle, self.host, self.port, process_request=self._process_request,
-            compression=None,  # raw PCM does not compress; deflate only costs CPU
-            max_size=self.max_frame_bytes * 4,  # larger frames get an error message, huge ones a 1009 close
-            max_queue=64, ping_interval=20, ping_timeout=20)
-        self.port = self.server.sockets[0].getsockname()[1]
-        logger.info(f"listening on ws://{self.host}:{self.port}/ (health at /health)")
+    def routes(self, router: web.UrlDispatcher) -> None:
+        for path in STREAM_PATHS:
+            router.add_get(path, self._stream)
+        router.add_post(TRANSCRIPTIONS_PATH, self._transcribe)
 
-    def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
-        try:
-            return self._route(request)
-        except Exception as exc:
-            logger.opt(exception=exc).error(f"answering {request.path} failed: {exc}")
-            raise
+    def describe(self) -> str:
+        return f"ws://{self.host}:{self.port}/ (transcriptions at {TRANSCRIPTIONS_PATH})"
 
-    def _route(self, request: Request) -> Response | None:
-        path = request.path.split("?", 1)[0]
-        if path in HEALTH_PATHS:
-            return json_response(*self.health.encode(path))
-        if (refusal := self.access.refusal(request.headers)) is not None:
-            status, message = refusal
-            self.metrics.errors.labels("unauthorized" if status == 401 else "forbidden_origin").inc()
-            return json_response(status, json.dumps({"error": message}).encode())
-        if path == MODELS_PATH:
-            return json_response(200, models_body(self.model_id))
-        if path == METRICS_PATH:
-            body, content_type = self.metrics.metrics.render()
-            headers = Headers([("Content-Type", content_type), ("Content-Length", str(len(body)))])
-            return Response(200, "OK", headers, body)
-        if path not in STREAM_PATHS:
-            return json_response(404, b'{"error":"not found; the ASR WebSocket is at /"}')
-        if self.engine is None or not self.health.ready or not self.accepting:
-            return json_response(503, b'{"error":"ASR is not ready"}')
-        return None
+    def not_ready(self) -> web.Response | None:
+        if self.engine is None:
+            return error_response(503, "ASR is not ready: the model is loading")
+        return super().not_ready()
 
-    async def _handle(self, connection: ServerConnection) -> None:
-        peer = "{}:{}".format(*connection.remote_address[:2])
-        if len(self.sessions) >= self.max_sessions:
+    def _full(self) -> bool:
+        return len(self.sessions) + len(self.transcriptions) >= self.max_sessions
+
+    # --- the bots' streaming protocol ---------------------------------------------------------
+    async def _stream(self, request: web.Request) -> web.StreamResponse:
+        if (refusal := self.not_ready()) is not None:
+            return refusal
+        # Raw PCM does not compress, so no permessage-deflate; frames over max_frame_bytes get an
+        # error message from the session, ones over four times that a 1009 close.
+        socket = web.WebSocketResponse(heartbeat=PING_INTERVAL_S, compress=False,
+                                       max_msg_size=self.max_frame_bytes * 4)
+        if not socket.can_prepare(request).ok:
+            return error_response(426, "this path takes WebSocket connections (the ASR streaming protocol)",
+                                  headers={"Upgrade": "websocket"})
+        await socket.prepare(request)
+        peer = "{}:{}".format(*(request.transport.get_extra_info("peername") or ("?", 0))[:2])
+        if self._full():
             logger.warning(f"{peer}: refused, {self.max_sessions} sessions already open")
-            self.metrics.errors.labels("too_many_sessions").inc()
-            await connection.send(protocol.error_message(
+            self.count_error("too_many_sessions")
+            await socket.send_str(protocol.error_message(
                 f"too many sessions: the server is limited to {self.max_sessions}; try again later"))
-            await connection.close(1013, "too many sessions")
-            return
+            await socket.close(code=WSCloseCode.TRY_AGAIN_LATER, message=b"too many sessions")
+            return socket
         session = Session(self.engine, self.max_frame_bytes, peer, self.metrics)
         self.sessions.add(session)
-        self.connections.add(connection)
-        writer = session.writer = asyncio.create_task(self._write(connection, session))
+        self.sockets.add(socket)
+        writer = session.writer = asyncio.create_task(self._write(socket, session))
         logger.debug(f"{peer}: session {session.stream_id} opened")
         try:
-            await connection.send(protocol.ready_message())
-            async for frame in connection:
-                if isinstance(frame, bytes):
-                    session.on_binary(frame)
-                else:
-                    session.on_text(frame)
-        except ConnectionClosed:
+            await socket.send_str(protocol.ready_message())
+            async for message in socket:
+                if message.type is WSMsgType.BINARY:
+                    session.on_binary(message.data)
+                elif message.type is WSMsgType.TEXT:
+                    session.on_text(message.data)
+        except ConnectionError:
             pass
         finally:
             self.sessions.discard(session)
-            self.connections.discard(connection)
+            self.sockets.discard(socket)
             session.close()
             await asyncio.gather(writer, return_exceptions=True)
             logger.debug(f"{peer}: session {session.stream_id} closed")
+        return socket
 
-    async def _write(self, connection: ServerConnection, session: Session) -> None:
+    @staticmethod
+    async def _write(socket: web.WebSocketResponse, session: Session) -> None:
         while (message := await session.outbox.get()) is not None:
             try:
-                await connection.send(message)
-            except ConnectionClosed:
+                await socket.send_str(message)
+            except (ConnectionError, RuntimeError):
                 return
 
+    # --- OpenAI's transcriptions --------------------------------------------------------------
+    async def _transcribe(self, request: web.Request) -> web.StreamResponse:
+        if (refusal := self.not_ready()) is not None:
+            return refusal
+        if self._full():
+            self.count_error("too_many_sessions")
+            return error_response(429, f"too many sessions (limit {self.max_sessions}); try again later",
+                                  headers={"Retry-After": "1"})
+        try:
+            upload = await read_upload(request)
+        except BadUpload as exc:
+            return error_response(400, str(exc))
+        self.metrics.audio(len(upload.audio))
+        started = time.perf_counter()
+        transcription = Transcription(self.engine, upload)
+        self.transcriptions.add(transcription)
+        try:
+            if upload.stream:
+                return await self._stream_deltas(request, transcription)
+            await transcription.text()
+            if transcription.error:
+                self.count_error("engine")
+                return error_response(503 if self.closing else 500, transcription.error)
+            body, content_type = transcripts.render(upload.response_format, transcription.timeline,
+                                                    upload.duration_s, upload.granularities)
+            return web.Response(text=body, content_type=content_type)
+        finally:
+            transcription.close()
+            self.transcriptions.discard(transcription)
+            self.metrics.transcription_seconds.observe(time.perf_counter() - started)
+
+    async def _stream_deltas(self, request: web.Request, transcription: Transcription) -> web.StreamResponse:
+        """Server-sent events as OpenAI streams a transcript: deltas, then the whole text."""
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream",
+                                               "Cache-Control": "no-cache"})
+        await response.prepare(request)
+        while (delta := await transcription.deltas.get()) is not None:
+            await response.write(transcripts.sse_event({"type": "transcript.text.delta", "delta": delta}))
+        if transcription.error:
+            self.count_error("engine")
+            await response.write(transcripts.sse_event({"type": "error", "error": {
+                "message": transcription.error, "code": 500}}))
+        else:
+            await response.write(transcripts.sse_event({"type": "transcript.text.done",
+                                                        "text": transcription.timeline.text}))
+        await response.write_eof()
+        return response
+
+    # --- shutdown -----------------------------------------------------------------------------
     async def drain(self, timeout_s: float) -> None:
         """Stop taking connections, give open sessions their final transcripts, then close them."""
-        self.accepting = False
-        if self.server:
-            self.server.close(close_connections=False)
+        self.closing = True
+        busy = [asyncio.ensure_future(t.done.wait()) for t in self.transcriptions]
         sessions = list(self.sessions)
-        if sessions:
-            logger.info(f"finishing {len(sessions)} open session(s)")
-            await asyncio.gather(*(s.drain(timeout_s) for s in sessions))
+        if sessions or busy:
+            logger.info(f"finishing {len(sessions)} open session(s) and {len(busy)} transcription(s)")
+            await asyncio.wait([*busy, *(asyncio.ensure_future(s.drain(timeout_s)) for s in sessions)],
+                               timeout=timeout_s)
             for session in sessions:  # let the writers flush the final transcripts
                 session.outbox.put_nowait(None)
-            await asyncio.wait([s.writer for s in sessions], timeout=timeout_s)
+            if sessions:
+                await asyncio.wait([s.writer for s in sessions], timeout=timeout_s)
         await self.close()
 
     async def close(self) -> None:
-        # Server.close() acts only on its first call (the drain's, which left connections open),
-        # so close what is still open here, with 1001 "going away".
-        await asyncio.gather(*(c.close(1001, "server shutting down") for c in list(self.connections)),
-                             return_exceptions=True)
-        if self.server:
-            self.server.close(close_connections=True)
-            await self.server.wait_closed()
+        self.closing = True
+        await asyncio.gather(*(socket.close(code=WSCloseCode.GOING_AWAY, message=b"server shutting down")
+                               for socket in list(self.sockets)), return_exceptions=True)
+        await self.cleanup()

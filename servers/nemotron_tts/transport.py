@@ -1,8 +1,4 @@
-"""HTTP and WebSocket on one port: ``/v1/audio/speech``, ``/v1/audio/config``, ``/ws/tts/stream``, health.
-
-aiohttp rather than ``websockets`` here: the speech endpoint is a POST with a JSON body, and the
-``websockets`` server only parses bodiless GET requests. (aiohttp already ships with NeMo.)
-"""
+"""TTS's routes on the shared HTTP layer: ``/v1/audio/speech``, ``/v1/audio/config``, ``/ws/tts/stream``."""
 
 from __future__ import annotations
 
@@ -12,9 +8,8 @@ from typing import TYPE_CHECKING
 from aiohttp import WSMsgType, web
 from loguru import logger
 from nemotron_common.access import Access
-from nemotron_common.health import HEALTH_PATHS, Health
-from nemotron_common.metrics import METRICS_PATH
-from nemotron_common.models_list import MODELS_PATH, models_body
+from nemotron_common.health import Health
+from nemotron_common.http import HttpTransport, error_response
 from nemotron_common.resample import StreamResampler
 
 from .audio import ENCODED, duration_ms, encode, wav_file
@@ -31,17 +26,6 @@ FORMATS = ("pcm", "wav", *ENCODED)
 # Unsent audio one WebSocket may hold: about 12 minutes at 22.05 kHz, far beyond any client that
 # plays what it receives, and small next to the server's memory.
 MAX_UNSENT_BYTES = 32 * 2**20
-
-
-def _error(status: int, message: str) -> web.Response:
-    return web.json_response({"error": {"message": message, "code": status}}, status=status)
-
-
-def _cors(origin: str) -> dict[str, str]:
-    return {"Access-Control-Allow-Origin": origin, "Vary": "Origin",
-            "Access-Control-Allow-Headers": "Authorization, Content-Type",
-            "Access-Control-Allow-Methods": "GET, POST, OPTIONS",
-            "Access-Control-Expose-Headers": "X-Sample-Rate, X-Channels, X-Encoding, X-Duration-Ms"}
 
 
 class Outbox(asyncio.Queue):
@@ -69,90 +53,34 @@ class Outbox(asyncio.Queue):
         return item
 
 
-class Transport:
+class Transport(HttpTransport):
     def __init__(self, health: Health, host: str, port: int, max_sessions: int, max_text_chars: int,
                  idle_timeout_s: float = 10.0, access: Access | None = None, model_id: str = "tts",
                  http_sample_rate: int = 0) -> None:
-        self.health = health
-        self.model_id = model_id
-        self.http_sample_rate = http_sample_rate  # 0: the model's own
-        self.access = access or Access()
-        self.host, self.port = host, port
-        self.max_sessions = max_sessions
-        self.max_text_chars = max_text_chars
-        self.idle_timeout_s = idle_timeout_s
         self.engine: Engine | None = None  # set once the model is warm
         self.catalog: Catalog | None = None
         self.sample_rate = 0
         self.sessions: set[StreamSession] = set()
         self.sockets: dict[web.WebSocketResponse, Outbox] = {}
         self.requests: set[SpeechRequest] = set()
-        self.closing = False
-        self.metrics = TTSMetrics(lambda: {"sessions": len(self.sessions),
-                                           "http_requests": len(self.requests),
-                                           "queued_segments": self.engine.queued if self.engine else 0})
-        self._runner: web.AppRunner | None = None
+        metrics = TTSMetrics(lambda: {"sessions": len(self.sessions), "http_requests": len(self.requests),
+                                      "queued_segments": self.engine.queued if self.engine else 0})
+        super().__init__(health, host, port, access, model_id, metrics,
+                         max_body_bytes=4 * max_text_chars + 4096, idle_timeout_s=idle_timeout_s)
+        self.http_sample_rate = http_sample_rate  # 0: the model's own
+        self.max_sessions = max_sessions
+        self.max_text_chars = max_text_chars
 
-    async def start(self) -> None:
-        app = web.Application(client_max_size=4 * self.max_text_chars + 4096, middlewares=[self._guard])
-        app.on_response_prepare.append(self._add_cors)
-        app.router.add_get("/v1/audio/config", self._config)
-        app.router.add_get(METRICS_PATH, self._metrics)
-        app.router.add_get(MODELS_PATH, self._models)
-        app.router.add_post("/v1/audio/speech", self._speech)
-        app.router.add_get("/ws/tts/stream", self._stream)
-        for path in HEALTH_PATHS:
-            app.router.add_get(path, self._health)
-        # handler_cancellation: a client that disconnects cancels its handler, and so its job.
-        # keepalive_timeout: a connection that sends no request is closed after it, as ASR does.
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0,
-                                     handler_cancellation=True, keepalive_timeout=self.idle_timeout_s)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port)
-        await site.start()
-        self.port = self._runner.addresses[0][1]
-        logger.info(f"listening on http://{self.host}:{self.port}/ (WebSocket at /ws/tts/stream)")
+    def routes(self, router: web.UrlDispatcher) -> None:
+        router.add_get("/v1/audio/config", self._config)
+        router.add_post("/v1/audio/speech", self._speech)
+        router.add_get("/ws/tts/stream", self._stream)
 
-    @web.middleware
-    async def _guard(self, request: web.Request, handler) -> web.StreamResponse:
-        """Access control before any handler; CORS headers only for origins the settings allow."""
-        if request.path in HEALTH_PATHS:
-            return await handler(request)
-        origin = request.headers.get("Origin")
-        if request.method == "OPTIONS" and origin and self.access.allows_origin(origin):
-            return web.Response(status=204, headers=_cors(origin))  # a browser's preflight
-        if (refusal := self.access.refusal(request.headers)) is not None:
-            self.metrics.errors.labels("unauthorized" if refusal[0] == 401 else "forbidden_origin").inc()
-            return _error(*refusal)
-        response = await handler(request)
-        if response.status == 400:
-            self.metrics.errors.labels("bad_request").inc()
-        return response
-
-    async def _add_cors(self, request: web.Request, response: web.StreamResponse) -> None:
-        """Before any response's headers go out, streamed ones too: CORS for an allowed origin."""
-        origin = request.headers.get("Origin")
-        if origin and self.access.allows_origin(origin) and request.path not in HEALTH_PATHS:
-            response.headers.update(_cors(origin))
-
-    async def _models(self, _request: web.Request) -> web.Response:
-        return web.Response(body=models_body(self.model_id), content_type="application/json")
-
-    async def _metrics(self, _request: web.Request) -> web.Response:
-        body, content_type = self.metrics.metrics.render()
-        return web.Response(body=body, headers={"Content-Type": content_type})
-
-    async def _health(self, request: web.Request) -> web.Response:
-        status, body = self.health.answer(request.path)
-        return web.json_response(body, status=status)
-
-    def _not_ready(self) -> web.Response | None:
-        if self.engine is None or not self.health.ready:
-            return _error(503, f"not ready: {self.health.state.value}")
-        return None
+    def describe(self) -> str:
+        return f"http://{self.host}:{self.port}/ (WebSocket at /ws/tts/stream)"
 
     async def _config(self, _request: web.Request) -> web.Response:
-        if (refusal := self._not_ready()) is not None:
+        if (refusal := self.not_ready()) is not None:
             return refusal
         catalog = self.catalog
         return web.json_response({"sample_rate": self.sample_rate, "channels": 1, "encoding": "pcm_s16le",
@@ -160,27 +88,28 @@ class Transport:
                                   "languages": list(catalog.languages)})
 
     async def _speech(self, request: web.Request) -> web.StreamResponse:
-        if (refusal := self._not_ready()) is not None:
+        if (refusal := self.not_ready()) is not None:
             return refusal
         try:
             body = await request.json()
         except (ValueError, UnicodeDecodeError, RecursionError):
-            return _error(400, "body must be a JSON object")
+            return error_response(400, "body must be a JSON object")
         if not isinstance(body, dict):
-            return _error(400, "body must be a JSON object")
+            return error_response(400, "body must be a JSON object")
         response_format = body.get("response_format") or "pcm"
         if not isinstance(response_format, str) or response_format not in FORMATS:
-            return _error(400, f"unknown response_format {response_format!r}; valid: {', '.join(FORMATS)}")
+            valid = ", ".join(FORMATS)
+            return error_response(400, f"unknown response_format {response_format!r}; valid: {valid}")
         speed = body.get("speed", 1.0)
         if isinstance(speed, bool) or not isinstance(speed, int | float) or speed != 1.0:
-            return _error(400, "speed must be 1.0: Magpie has no speaking-rate control")
+            return error_response(400, "speed must be 1.0: Magpie has no speaking-rate control")
         stream = body.get("stream", True)
         if not isinstance(stream, bool):
-            return _error(400, "stream must be true or false")
+            return error_response(400, "stream must be true or false")
         try:
             prepared = self.catalog.prepare(body.get("input"), body.get("voice"), body.get("language"))
         except RequestError as exc:
-            return _error(400, str(exc))
+            return error_response(400, str(exc))
         speech = SpeechRequest(prepared, stream, self.metrics)
         self.requests.add(speech)
         self.engine.submit(speech.job)
@@ -206,7 +135,7 @@ class Transport:
         return {"X-Sample-Rate": str(self.output_rate), "X-Channels": "1", "X-Encoding": "pcm_s16le"}
 
     def _failed(self, speech: SpeechRequest) -> web.Response:
-        return _error(503 if self.closing else 500, speech.error or "no audio")
+        return error_response(503 if self.closing else 500, speech.error or "no audio")
 
     async def _whole_body(self, speech: SpeechRequest, response_format: str) -> web.Response:
         """The whole utterance at once (``"stream": false``, or an encoded format), with its length in
@@ -249,11 +178,11 @@ class Transport:
         return response
 
     async def _stream(self, request: web.Request) -> web.StreamResponse:
-        if (refusal := self._not_ready()) is not None:
+        if (refusal := self.not_ready()) is not None:
             return refusal
         if len(self.sessions) >= self.max_sessions:
-            self.metrics.errors.labels("too_many_sessions").inc()
-            return _error(503, f"too many sessions (limit {self.max_sessions})")
+            self.count_error("too_many_sessions")
+            return error_response(503, f"too many sessions (limit {self.max_sessions})")
         socket = web.WebSocketResponse(heartbeat=20.0, max_msg_size=4 * self.max_text_chars + 4096)
         await socket.prepare(request)
         outbox = Outbox()
@@ -313,6 +242,5 @@ class Transport:
             speech.cancel()
         for session in list(self.sessions):
             session.cancel()
-        if self._runner is not None:
-            await self._runner.cleanup()
+        await self.cleanup()
 
