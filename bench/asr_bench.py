@@ -62,6 +62,8 @@ def _steps_between(before: dict, after: dict) -> dict:
 @click.option("--procs", default=8, show_default=True)
 @click.option("--right-context", default=1, show_default=True)
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("bench-out"))
+@click.option("--servers", type=click.Path(file_okay=False, path_type=Path), default=ROOT / "servers",
+              show_default=True, help="the servers' code to run (another checkout's, for a baseline)")
 @click.option("--port", default=18080, show_default=True)
 @click.option("--step-timing/--no-step-timing", default=False, show_default=True,
               help="exact per-phase step times in the results (the server then syncs the GPU each phase)")
@@ -69,7 +71,7 @@ def _steps_between(before: dict, after: dict) -> dict:
               help="start each level's streams evenly over this window (0: together, the worst case "
                    "for time to final: every reset lands at once)")
 def main(shape, model_path, modes, streams, seconds, frame_ms, large_frame_ms, procs, right_context,
-         out, port, step_timing, spread_ms) -> None:
+         out, servers, port, step_timing, spread_ms) -> None:
     from asr_load import run_level
     from serving import device_name, stop, wait_ready
 
@@ -80,10 +82,12 @@ def main(shape, model_path, modes, streams, seconds, frame_ms, large_frame_ms, p
         model_path = Path(f"/tmp/asr-{shape}.nemo")
         if not model_path.exists():
             started = time.monotonic()
-            build(model_path, shape, device="cuda" if device_name() != "cpu" else "cpu")
+            build(model_path, shape, device="cuda" if device_name() != "cpu" else "cpu",
+                  words_per_second=3.5, right_context=right_context)
             click.echo(f"built {model_path} in {time.monotonic() - started:.0f} s", err=True)
     counts = [int(n) for n in streams.split(",")]
-    report = {"device": device_name(), "model": model_path.name, "right_context": right_context, "runs": {}}
+    report = {"device": device_name(), "model": model_path.name, "right_context": right_context,
+              "servers": str(servers), "runs": {}}
     for mode in modes.split(","):
         log = (out / f"server-{mode}.log").open("w")
         process = subprocess.Popen(
@@ -92,7 +96,7 @@ def main(shape, model_path, modes, streams, seconds, frame_ms, large_frame_ms, p
              "--max-batch", str(max(counts)), *MODES[mode],
              *(["--step-timing"] if step_timing else [])],
             stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": os.pathsep.join(
-                filter(None, [str(ROOT / "servers"), os.environ.get("PYTHONPATH")]))})
+                filter(None, [str(servers.resolve()), os.environ.get("PYTHONPATH")]))})
         try:
             ready_s = wait_ready(port, process, 900)
             click.echo(f"{mode}: server ready after {ready_s:.0f} s", err=True)
@@ -119,16 +123,22 @@ def main(shape, model_path, modes, streams, seconds, frame_ms, large_frame_ms, p
     spread = f", stream starts spread over {spread_ms:g} ms" if spread_ms else ""
     lines = [f"ASR time to final, {report['device']}, random weights ({model_path.name}), "
              f"right context {right_context}{spread}", "",
-             "| mode | streams | frame ms | TTF p50 | p95 | p99 | max | real-time streams | errors |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| mode | streams | frame ms | TTF p50 | p95 | p99 | max | real-time streams | errors "
+             "| words/s per stream | interims per stream |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    silent = []
     for mode, run in report["runs"].items():
         for r in run["rows"]:
             keys = ("streams", "frame_ms", "ttf_p50_ms", "ttf_p95_ms", "ttf_p99_ms", "ttf_max_ms",
-                    "realtime_streams", "errors")
+                    "realtime_streams", "errors", "words_per_second", "mean_interims")
+            if not r.get("words_per_second") or not r.get("mean_interims"):
+                silent.append(f"{mode} at {r['streams']} streams")
             cells = [mode] + [r.get(k) for k in keys]
             lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     (out / "asr_bench.md").write_text("\n".join(lines) + "\n")
     click.echo("\n".join(lines))
+    if silent:  # a model that says nothing skips the decoding and messaging work a real one does
+        raise click.ClickException(f"the model was silent (no words or no interims): {', '.join(silent)}")
 
 
 if __name__ == "__main__":

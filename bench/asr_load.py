@@ -28,15 +28,16 @@ if __package__ in (None, ""):
 
 
 def _audio(seconds: float) -> bytes:
-    from random_models.asr import speechlike_audio
+    from random_models.asr import CALIBRATION_SEED, speechlike_audio
 
-    return (speechlike_audio(seconds, seed=7) * 32767).astype("<i2").tobytes()
+    # The clip the random model was calibrated to talk on, so interims and finals carry text.
+    return (speechlike_audio(seconds, seed=CALIBRATION_SEED) * 32767).astype("<i2").tobytes()
 
 
 async def _client(url: str, pcm: bytes, frame_bytes: int, start_at: float) -> dict:
     from websockets.asyncio.client import connect
 
-    result: dict = {"ttf_ms": None, "late_ms": 0.0, "interims": 0, "error": None}
+    result: dict = {"ttf_ms": None, "late_ms": 0.0, "interims": 0, "words": 0, "error": None}
     try:
         async with connect(url, max_size=None, compression=None, open_timeout=60, proxy=None,
                            ping_interval=None) as ws:
@@ -53,6 +54,7 @@ async def _client(url: str, pcm: bytes, frame_bytes: int, start_at: float) -> di
                     if message.get("type") == "transcript" and not message.get("is_final"):
                         result["interims"] += 1
                     elif message.get("type") == "transcript" and message.get("finalize"):
+                        result["words"] = len(message["text"].split())
                         final.set_result(time.perf_counter())
                         return
                     elif message.get("type") == "error":
@@ -115,6 +117,7 @@ def run_level(url: str, streams: int, seconds: float, frame_ms: int, procs: int,
             "realtime_streams": realtime, "errors": len(errors), "first_error": errors[0] if errors else None,
             "max_send_late_ms": round(max(r["late_ms"] for r in results), 1),
             "mean_interims": round(sum(r["interims"] for r in results) / len(results), 1),
+            "words_per_second": round(sum(r["words"] for r in results) / len(results) / seconds, 2),
             **({"start_spread_ms": spread_ms} if spread_ms else {})}
 
 

@@ -6,7 +6,8 @@
 # Through the device tool (carry [".whl"]), for example:
 #   bash bench/device_run.sh asr tts            # about 8 minutes on an H200
 #   bash bench/device_run.sh tts-probes asr-profile
-# Parts: asr (eager and graphs, 1-512 streams), asr-spread (graphs, starts spread over one 160 ms
+# Parts: asr (eager and graphs, 1-512 streams), asr-baseline (graphs, 64-512 streams, the servers in
+# $BASELINE_SERVERS), asr-spread (graphs, starts spread over one 160 ms
 # chunk), tts (CFG and no CFG, 1/16/64 streams, 3 rounds),
 # tts-codec (codec call: carried states, eager and graphs, against windowed), tts-codec-served
 # (served with carried states against windowed, CFG),
@@ -21,6 +22,9 @@ for part in "$@"; do
     case $part in
         asr) timeout 330 python bench/asr_bench.py --model /tmp/asr-real.nemo --out "$results/asr" 2>&1 |
                  tail -14 ;;
+        asr-baseline) timeout 250 python bench/asr_bench.py --model /tmp/asr-real.nemo --modes graphs \
+                          --streams 64,256,512 --servers "${BASELINE_SERVERS:?the baseline servers directory}" \
+                          --out "$results/asr-baseline" 2>&1 | tail -5 ;;
         asr-spread) timeout 200 python bench/asr_bench.py --model /tmp/asr-real.nemo --modes graphs \
                         --streams 256,512 --spread-ms 160 --out "$results/asr-spread" 2>&1 | tail -5 ;;
         tts) timeout 300 python bench/tts_bench.py --model /tmp/tts-real.nemo --configs cfg,no-cfg \

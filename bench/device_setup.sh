@@ -12,6 +12,6 @@ for shape in "$@"; do
         tts-*) [ -f "/tmp/$shape.nemo" ] || python3 -m random_models.tts "/tmp/$shape.nemo" \
                    --shape "${shape#tts-}" --max-decoder-steps 500 >/dev/null 2>&1 ;;
         *) [ -f "/tmp/asr-$shape.nemo" ] || python3 -m random_models.asr "/tmp/asr-$shape.nemo" \
-               --shape "$shape" --device "$device" >/dev/null 2>&1 ;;
+               --shape "$shape" --device "$device" --words-per-second 3.5 2>&1 | tail -3 ;;
     esac
 done

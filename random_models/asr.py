@@ -172,35 +172,47 @@ BLANK_GAIN = 10.0
 # English speech: about six characters a word, counting the space. Characters, unlike words, grow
 # monotonically with the tokens a random model emits, so the bisection counts them.
 CHARS_PER_WORD = 6.0
+# The first calibration clip's seed; the ASR load generator streams this clip.
+CALIBRATION_SEED = 1000
 
 
-def calibrate_served(model, path: Path, words_per_second: float, right_context: int, device: str,
-                     streams: int = 4, seconds: float = 6.0, seed: int = 1000) -> Talk:
-    """Bisect the blank bias until the model, served as the server serves it, says about
-    ``words_per_second`` (counted in characters); offline decoding of whole utterances does not
-    carry over to streaming in another precision and context. Sets the bias on ``model`` (then
-    saved by the caller) too."""
+def calibrate_served(path: Path, words_per_second: float, right_context: int, device: str,
+                     streams: int = 4, seconds: float = 6.0,
+                     seed: int = CALIBRATION_SEED) -> tuple[float, Talk]:
+    """The blank bias at which the model at ``path``, served as the server serves it, says about
+    ``words_per_second`` (counted in characters), and how it then talks: offline decoding of whole
+    utterances does not carry over to streaming in another precision and context."""
     import torch
-    from nemotron_asr.model import StreamingModel
+    from nemotron_asr.model import GRAPH_BUCKETS, StreamingModel
 
-    streaming = StreamingModel(path, right_context, device, max_streams=streams)
+    streaming = StreamingModel(path, right_context, device, max_streams=streams,
+                               graph_buckets=tuple(b for b in GRAPH_BUCKETS if b <= streams))
     streaming.capture(lambda *_: None)
     audios = [speechlike_audio(seconds, seed + i) for i in range(streams)]
-    served_bias = streaming.model.joint.joint_net[-1].bias
-    own_bias = model.joint.joint_net[-1].bias
-    start, reach = own_bias[-1].item(), 20.0 * BLANK_GAIN
+    bias = streaming.model.joint.joint_net[-1].bias
+    start, reach = bias[-1].item(), 20.0 * BLANK_GAIN
     low, high = start - reach, start + reach
     for _ in range(16):
         middle = (low + high) / 2
         with torch.no_grad():
-            served_bias[-1] = middle
+            bias[-1] = middle
         if served_talk(streaming, audios).chars_per_second > CHARS_PER_WORD * words_per_second:
             low = middle
         else:
             high = middle
     with torch.no_grad():
-        served_bias[-1] = own_bias[-1] = (low + high) / 2
-    return served_talk(streaming, audios)
+        bias[-1] = (low + high) / 2
+    return (low + high) / 2, served_talk(streaming, audios)
+
+
+def _calibrate_in_child(*args) -> tuple[float, Talk]:
+    """:func:`calibrate_served` in a fresh process: loading a .nemo in the process that just wrote
+    it fails under some torch releases (``torch.load``'s weights-only check), and CUDA state of the
+    build stays out of the measurement."""
+    import multiprocessing
+
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        return pool.apply(calibrate_served, args)
 
 
 def build(out: Path, shape_name: str = "tiny", seed: int = 0, tokens_per_frame: float = 0.3,
@@ -241,7 +253,9 @@ def build(out: Path, shape_name: str = "tiny", seed: int = 0, tokens_per_frame: 
         out.parent.mkdir(parents=True, exist_ok=True)
         model.save_to(str(out))
         if words_per_second:
-            talk = calibrate_served(model, out, words_per_second, right_context, device)
+            bias, talk = _calibrate_in_child(out, words_per_second, right_context, device)
+            with torch.no_grad():
+                model.joint.joint_net[-1].bias[-1] = bias
             print(f"served at right context {right_context} on {device}: {talk.words_per_second:.2f} "
                   f"words/s, {talk.interims_per_stream:.1f} interims per stream", flush=True)
             model.save_to(str(out))
@@ -253,9 +267,13 @@ def build(out: Path, shape_name: str = "tiny", seed: int = 0, tokens_per_frame: 
 @click.option("--shape", type=click.Choice(sorted(SHAPES)), default="tiny", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", default="cpu", show_default=True)
-def main(out: Path, shape: str, seed: int, device: str) -> None:
+@click.option("--words-per-second", type=float, default=3.5, show_default=True,
+              help="calibrate to say this much when served (0: calibrate offline instead)")
+@click.option("--right-context", type=int, default=1, show_default=True, help="the served right context")
+def main(out: Path, shape: str, seed: int, device: str, words_per_second: float, right_context: int) -> None:
     """Write a random-weight cache-aware FastConformer RNN-T to OUT (.nemo)."""
-    click.echo(build(out, shape, seed, device=device))
+    click.echo(build(out, shape, seed, device=device, words_per_second=words_per_second,
+                     right_context=right_context))
 
 
 if __name__ == "__main__":
