@@ -6,7 +6,6 @@ import io
 import wave
 
 import numpy as np
-import torch
 from nemotron_common.resample import resample
 
 KNEE = 0.9  # below this the signal passes unchanged
@@ -27,8 +26,10 @@ def limit(audio: np.ndarray) -> np.ndarray:
     return audio
 
 
-def to_pcm16(audio: torch.Tensor | np.ndarray) -> bytes:
-    if isinstance(audio, torch.Tensor):
+def to_pcm16(audio) -> bytes:
+    """A float numpy array or torch tensor as 16-bit PCM (no torch import: the transport uses this
+    module too)."""
+    if hasattr(audio, "detach"):
         audio = audio.detach().float().cpu().numpy()
     return np.round(limit(audio.astype(np.float32)) * 32767).astype("<i2").tobytes()
 

@@ -6,11 +6,10 @@ from dataclasses import dataclass
 
 import torch
 
+from .interface import RequestError
 from .text import normalize
 
-
-class RequestError(ValueError):
-    """A request the client can fix; the message says how."""
+__all__ = ["Catalog", "Prepared", "RequestError"]
 
 
 @dataclass(frozen=True)

@@ -17,46 +17,17 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from loguru import logger
 
 from .audio import duration_ms, to_pcm16
 from .codec import StreamDecoder
+from .interface import MODES, PRESETS, Job, Preset
 from .model import SpeechModel, Utterance
 
-
-@dataclass(frozen=True)
-class Preset:
-    first_frames: int  # frames before the first audio chunk is sent: the client's playback cushion
-    chunk_frames: int  # frames per later chunk
-
-
-# At 21.5 codec frames per second one frame is ~46 ms of audio. Smoothness comes from the cushion
-# before playback starts. Later chunks trade the other way: each codec call costs about the same
-# however few frames it decodes (it is launch-bound), so one call per frame slows generation (H200:
-# real-time factor 0.64 -> 1.0 with CFG), while big chunks make the client wait.
-PRESETS = {
-    "aggressive": Preset(first_frames=1, chunk_frames=2),
-    "balanced": Preset(first_frames=3, chunk_frames=4),
-    "conservative": Preset(first_frames=8, chunk_frames=8),
-}
-MODES = ("stream", "batch")
-
-
-@dataclass(eq=False)  # jobs are compared and hashed by identity
-class Job:
-    chunks: list[torch.Tensor]
-    speaker: int
-    client: object  # jobs of one client run one at a time
-    on_audio: Callable[[bytes], None]  # 16-bit PCM, called on the engine thread
-    on_done: Callable[[float, str | None], None]  # audio ms sent, error message
-    preset: Preset | None = None  # None: batch mode, audio sent whole at the end
-    cancelled: threading.Event = field(default_factory=threading.Event)
-    sent_bytes: int = 0
-    arrived: float = field(default_factory=time.monotonic)  # when its text came in
+__all__ = ["MODES", "PRESETS", "Engine", "Job", "Preset"]
 
 
 @dataclass(eq=False)

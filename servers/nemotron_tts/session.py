@@ -10,16 +10,17 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import json
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from .catalog import Catalog, RequestError
-from .engine import MODES, PRESETS, Engine, Job
+from . import protocol
+from .interface import PRESETS, Job, RequestError
 
 if TYPE_CHECKING:
+    from .catalog import Catalog
+    from .engine import Engine
     from .metrics import TTSMetrics
 
 MAX_QUEUED_SEGMENTS = 256
@@ -57,22 +58,11 @@ class StreamSession:
     # -- client messages -------------------------------------------------------------------------
 
     def receive(self, raw: str | bytes) -> None:
-        if isinstance(raw, bytes):
-            return self._refuse("binary frames are not accepted; send JSON text messages")
+        handlers = {"init": self._init, "text": self._text, "close": self._close, "cancel": self._cancel,
+                    "ping": self._ping}
         try:
-            message = json.loads(raw)
-        except (ValueError, RecursionError):  # RecursionError: nested deeper than the parser goes
-            return self._refuse("message is not valid JSON")
-        if not isinstance(message, dict):
-            return self._refuse("message must be a JSON object")
-        kind = message.get("type")
-        handler = {"init": self._init, "text": self._text, "close": self._close, "cancel": self._cancel,
-                   "ping": self._ping}.get(kind) if isinstance(kind, str) else None
-        if handler is None:
-            return self._refuse(f"unknown message type {message.get('type')!r}; "
-                               "expected init, text, close, cancel or ping")
-        try:
-            handler(message)
+            kind, message = protocol.parse(raw)
+            handlers[kind](message)
         except RequestError as exc:
             self._refuse(str(exc))
 
@@ -81,19 +71,13 @@ class StreamSession:
         voice, language = message.get("voice"), message.get("language")
         self.catalog.voice(voice)
         self.catalog.language(language)
-        mode = message.get("default_mode", "stream")
-        if not isinstance(mode, str) or mode not in MODES:
-            raise RequestError(f"unknown default_mode {mode!r}; expected stream or batch")
+        mode = protocol.mode(message.get("default_mode"), "default_mode", "stream")
         self.voice, self.language, self.default_mode = voice, language, mode
         self._open_stream()
 
     def _text(self, message: dict) -> None:
-        mode = message.get("mode") or self.default_mode
-        if not isinstance(mode, str) or mode not in MODES:
-            raise RequestError(f"unknown mode {mode!r}; expected stream or batch")
-        preset_name = message.get("preset") or "balanced"
-        if not isinstance(preset_name, str) or preset_name not in PRESETS:
-            raise RequestError(f"unknown preset {preset_name!r}; expected {', '.join(PRESETS)}")
+        mode = protocol.mode(message.get("mode"), "mode", self.default_mode)
+        preset_name = protocol.preset(message.get("preset"))
         if len(self.queue) >= MAX_QUEUED_SEGMENTS:
             raise RequestError(f"more than {MAX_QUEUED_SEGMENTS} segments queued; wait for segment_complete")
         prepared = self.catalog.prepare(message.get("text"), self.voice, self.language)
@@ -112,7 +96,7 @@ class StreamSession:
 
     def _close(self, _message: dict) -> None:
         if self.stream_id is None:
-            self._send_json({"type": "done", "total_audio_ms": 0.0, "segments_generated": 0})
+            self._send(protocol.done_message(0.0, 0))
             return
         self.closing = True
         self._maybe_done()
@@ -121,7 +105,7 @@ class StreamSession:
         self.cancel()
 
     def _ping(self, _message: dict) -> None:
-        self._send_json({"type": "pong"})
+        self._send(protocol.pong_message())
 
     def cancel(self) -> None:
         """Drop the current stream: stop its generation, its queued segments and any audio in flight."""
@@ -156,8 +140,7 @@ class StreamSession:
         else:
             self.segments_made += 1
             self.total_audio_ms += audio_ms
-            self._send_json({"type": "segment_complete", "segment": segment.number,
-                             "audio_ms": round(audio_ms, 1)})
+            self._send(protocol.segment_complete_message(segment.number, audio_ms))
         self._pump()
         self._maybe_done()
 
@@ -166,7 +149,7 @@ class StreamSession:
     def _open_stream(self) -> None:
         self.stream_id = f"tts-{next(_stream_numbers):06d}"
         self.segments_accepted, self.segments_made, self.total_audio_ms, self.closing = 0, 0, 0.0, False
-        self._send_json({"type": "stream_created", "stream_id": self.stream_id})
+        self._send(protocol.stream_created_message(self.stream_id))
 
     def _pump(self) -> None:
         if self.current is None and self.queue:
@@ -177,12 +160,8 @@ class StreamSession:
 
     def _maybe_done(self) -> None:
         if self.closing and self.current is None and not self.queue:
-            self._send_json({"type": "done", "total_audio_ms": round(self.total_audio_ms, 1),
-                             "segments_generated": self.segments_made})
+            self._send(protocol.done_message(self.total_audio_ms, self.segments_made))
             self.stream_id, self.closing = None, False
-
-    def _send_json(self, message: dict) -> None:
-        self._send(json.dumps(message))
 
     def _refuse(self, message: str) -> None:
         """An error the client caused (a message the server cannot take)."""
@@ -191,4 +170,4 @@ class StreamSession:
         self._error(message)
 
     def _error(self, message: str, fatal: bool = False) -> None:
-        self._send_json({"type": "error", "message": message, "fatal": fatal})
+        self._send(protocol.error_message(message, fatal))

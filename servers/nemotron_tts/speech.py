@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from loguru import logger
 
-from .engine import PRESETS, Job
+from .interface import PRESETS, Job
 
 if TYPE_CHECKING:
     from .catalog import Prepared

@@ -13,7 +13,7 @@ from nemotron_common.http import HttpTransport, error_response
 from nemotron_common.resample import StreamResampler
 
 from .audio import ENCODED, duration_ms, encode, wav_file
-from .catalog import RequestError
+from .interface import RequestError
 from .metrics import TTSMetrics
 from .session import StreamSession
 from .speech import SpeechRequest, log_broken, streaming_wav_header

@@ -1,0 +1,46 @@
+"""The layers each server is built from (docs/architecture.md): the wire side (protocol, session,
+transport and what they use) never imports torch, NeMo or an engine module. So it stays cheap to
+import, testable without a model, and the ASR front-end process never pays for torch at all.
+
+Checked by importing those modules in a fresh interpreter in which the forbidden modules cannot be
+imported (``sys.modules[name] = None`` makes any import of them fail)."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+FORBIDDEN = ["torch", "nemo", "lightning", "nemotron_asr.engine", "nemotron_asr.model",
+             "nemotron_asr.loading", "nemotron_asr.steps", "nemotron_asr.decoder", "nemotron_asr.featurizer",
+             "nemotron_tts.engine",
+             "nemotron_tts.model", "nemotron_tts.catalog", "nemotron_tts.codec", "nemotron_tts.continuous"]
+WIRE_SIDE = {
+    "asr": ["nemotron_asr.protocol", "nemotron_asr.session", "nemotron_asr.transport",
+            "nemotron_asr.transcription", "nemotron_asr.transcripts", "nemotron_asr.interface",
+            "nemotron_asr.service"],  # ASR's service process serves; the engine lives in a child
+    "tts": ["nemotron_tts.protocol", "nemotron_tts.session", "nemotron_tts.transport",
+            "nemotron_tts.speech", "nemotron_tts.interface", "nemotron_tts.audio", "nemotron_tts.metrics"],
+    "riva": ["nemotron_riva.service"],
+    "common": ["nemotron_common.http", "nemotron_common.lifecycle", "nemotron_common.access",
+               "nemotron_common.health", "nemotron_common.metrics"],
+}
+
+
+def import_without_forbidden(modules: list[str]) -> subprocess.CompletedProcess:
+    code = (f"import sys\nfor name in {FORBIDDEN!r}: sys.modules[name] = None\n"
+            + "".join(f"import {module}\n" for module in modules))
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env={"PYTHONPATH": f"{ROOT / 'servers'}", "PATH": "/usr/bin:/bin"})
+
+
+@pytest.mark.parametrize("side", sorted(WIRE_SIDE))
+def test_the_wire_side_imports_no_model_code(side):
+    result = import_without_forbidden(WIRE_SIDE[side])
+    assert result.returncode == 0, result.stderr.strip().splitlines()[-1]
+
+
+def test_the_check_catches_a_forbidden_import():
+    result = import_without_forbidden(["nemotron_tts.service"])  # wires the engine in: must fail
+    assert result.returncode != 0 and "halted; None in sys.modules" in result.stderr
