@@ -111,7 +111,8 @@ class Recognition(asr_grpc.RivaSpeechRecognitionServicer):
         await context.abort(grpc.StatusCode.UNAVAILABLE, "the ASR session ended without a transcript")
 
     async def GetRivaSpeechRecognitionConfig(self, request, context):
-        await self.upstream.authorize(context)
+        # Open like health: it names only the models and voices, and Pipecat's NVIDIA services ask
+        # for it on the stub without their metadata.
         config = asr.RivaSpeechRecognitionConfigResponse.Config(
             model_name=self.upstream.asr_model,
             parameters={"language_code": "en-US", "sample_rate": str(SAMPLE_RATE), "type": "online",

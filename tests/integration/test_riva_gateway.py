@@ -155,6 +155,9 @@ def test_the_key_and_health(stack):
     with pytest.raises(grpc.RpcError) as error:
         riva.client.SpeechSynthesisService(no_key).synthesize("Hi.")
     assert error.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    # The configuration names only voices and the model; Pipecat asks for it without metadata.
+    request = riva.client.proto.riva_tts_pb2.RivaSynthesisConfigRequest()
+    assert riva.client.SpeechSynthesisService(no_key).stub.GetRivaSynthesisConfig(request).model_config
     health = health_pb2_grpc.HealthStub(no_key.channel).Check(health_pb2.HealthCheckRequest())
     assert health.status == health_pb2.HealthCheckResponse.SERVING
 
