@@ -18,7 +18,7 @@ import click
 from nemotron_common import ports
 from nemotron_common.config import ConfigError, coerce_setting
 
-from . import preflight
+from . import memory, preflight
 from .access import open_to_the_network_warning
 from .host import HOST_PROFILES, detect
 from .lock import DEFAULT_LOCK, LockError, load_lock
@@ -266,6 +266,11 @@ def main(ctx: click.Context, **kwargs) -> None:
     host = HOST_PROFILES[kwargs["for_host"]] if kwargs["for_host"] else detect(python_version(options, lock))
     click.echo(f"host: {host.describe()}" + (" (a profile, not this machine)" if kwargs["for_host"] else ""))
     problems = [] if kwargs["for_host"] else preflight.check(host, options, lock)
+    if (plan_budget := memory.for_host(options, host)) is not None:
+        click.echo(f"memory: {plan_budget.describe()}")
+        if not plan_budget.fits:
+            problems.append(preflight.Problem(f"the stack needs {plan_budget.need_gib:.1f} GiB of "
+                                              f"{plan_budget.total_gib:.0f} GiB", plan_budget.fix()))
     try:
         steps = build_plan(options, host, lock)
     except LockError as exc:

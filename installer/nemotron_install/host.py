@@ -16,6 +16,7 @@ class GPU:
     name: str
     capability: tuple[int, int]  # (12, 1) on a DGX Spark's GB10
     driver: str
+    memory_mib: int = 0  # its own memory; 0 where it shares the system's (a GB10's unified memory)
 
     @property
     def arch_list(self) -> str:
@@ -42,6 +43,7 @@ class Host:
     cuda: str  # toolkit version from nvcc, "" if absent
     cores: int
     root: bool
+    memory_gib: float = 0.0  # system memory (MemTotal)
 
     def describe(self) -> str:
         gpu = f"{self.gpu.name} ({self.gpu.sm}, driver {self.gpu.driver})" if self.gpu else "no NVIDIA GPU"
@@ -69,12 +71,24 @@ def _os_release() -> dict[str, str]:
 
 
 def detect_gpu() -> GPU | None:
-    out = _run("nvidia-smi", "--query-gpu=name,compute_cap,driver_version", "--format=csv,noheader")
+    out = _run("nvidia-smi", "--query-gpu=name,compute_cap,driver_version,memory.total",
+               "--format=csv,noheader,nounits")
     if not out:
         return None
-    name, cap, driver = (part.strip() for part in out.splitlines()[0].split(","))
+    name, cap, driver, memory = (part.strip() for part in out.splitlines()[0].split(","))
     major, _, minor = cap.partition(".")
-    return GPU(name, (int(major), int(minor or 0)), driver)
+    # A GB10 answers "[N/A]": its memory is the system's.
+    return GPU(name, (int(major), int(minor or 0)), driver, int(memory) if memory.isdigit() else 0)
+
+
+def system_memory_gib() -> float:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) / 2**20
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0.0
 
 
 def detect_cuda() -> str:
@@ -95,6 +109,7 @@ def detect(python: str = "3.12") -> Host:
         cuda=detect_cuda(),
         cores=os.cpu_count() or 1,
         root=os.geteuid() == 0,
+        memory_gib=system_memory_gib(),
     )
 
 
@@ -105,12 +120,13 @@ def free_gib(path: Path) -> float:
 
 
 # Kinds of host to plan for from another machine (`nemotron-install --dry-run --for spark`).
-def _ubuntu(machine: str, gpu: GPU, cores: int) -> Host:
-    return Host(machine, "ubuntu", "24.04", "3.12.3", gpu, "13.0", cores, True)
+def _ubuntu(machine: str, gpu: GPU, cores: int, memory_gib: float) -> Host:
+    return Host(machine, "ubuntu", "24.04", "3.12.3", gpu, "13.0", cores, True, memory_gib)
 
 
 HOST_PROFILES = {
-    "spark": _ubuntu("aarch64", GPU("NVIDIA GB10", (12, 1), "580.95.05"), 20),
-    "rtx5090": _ubuntu("x86_64", GPU("NVIDIA GeForce RTX 5090", (12, 0), "580.82.07"), 32),
-    "h100": _ubuntu("x86_64", GPU("NVIDIA H100 80GB HBM3", (9, 0), "580.82.07"), 64),
+    # A DGX Spark: 128 GB of LPDDR5x shared by CPU and GPU, of which Linux reports about 119.7 GiB.
+    "spark": _ubuntu("aarch64", GPU("NVIDIA GB10", (12, 1), "580.95.05"), 20, 119.7),
+    "rtx5090": _ubuntu("x86_64", GPU("NVIDIA GeForce RTX 5090", (12, 0), "580.82.07", 32607), 32, 125.0),
+    "h100": _ubuntu("x86_64", GPU("NVIDIA H100 80GB HBM3", (9, 0), "580.82.07", 81559), 64, 1000.0),
 }

@@ -12,7 +12,7 @@ from pathlib import Path
 from nemotron_common import ports
 from nemotron_common.model_files import repo_dir
 
-from . import llama_build
+from . import llama_build, memory
 from .access import api_key_step
 from .host import Host
 from .llama_source import sha256_of
@@ -536,6 +536,8 @@ def units(options: Options) -> Step:
 
 
 def build_plan(options: Options, host: Host, lock: Lock) -> list[Step]:
+    plan_budget = memory.for_host(options, host)
+    options = memory.with_derived_settings(options, plan_budget)
     if options.profile == "cpu-test":
         steps = [service_user(options), cpu_test_application(options)]
     else:
@@ -552,5 +554,5 @@ def build_plan(options: Options, host: Host, lock: Lock) -> list[Step]:
             steps.append(application(options))
     steps += [models_step(options, lock), configuration(options, lock),
               api_key_step(options.api_key, options.config_path.parent / "api-key", options.units_dir),
-              units(options)]
+              memory.memory_step(options, plan_budget), units(options)]
     return steps

@@ -28,9 +28,11 @@ class ASRConfig:
                          choices=("auto", "float32", "bfloat16", "float16"))
     cuda_graphs: bool = setting(True, "replay encoder steps from CUDA graphs (CUDA only)")
     cpu_threads: int = setting(0, "torch intra-op threads (0 = 1 on a GPU, the usable cores on the CPU)")
-    max_sessions: int = setting(512, "concurrent streams; more are refused with an error",
+    # A voice-agent host serves a few conversations at once, and GPU memory follows these two (on a
+    # DGX Spark, memory the LLM shares): 64 fits a Spark next to the LLM; a GPU of its own takes 512.
+    max_sessions: int = setting(64, "concurrent streams; more are refused with an error",
                                 check=positive)
-    max_batch: int = setting(512, "most streams in one batched step", check=positive)
+    max_batch: int = setting(64, "most streams in one batched step", check=positive)
     max_frame_bytes: int = setting(1_048_576, "largest binary audio frame accepted", check=positive)
     max_upload_mb: int = setting(25, "largest audio file POST /v1/audio/transcriptions takes, in MiB",
                                  check=positive)

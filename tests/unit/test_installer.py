@@ -48,6 +48,7 @@ def test_llama_cpp_plan_builds_for_the_detected_gpu(host, arch):
         "models",
         "configuration",
         "api-key",
+        "memory",
         "units",
     ]
     build = commands(steps, "llama-cpp")
@@ -93,7 +94,7 @@ def test_source_torch_and_existing_llama_server_and_parts_left_out():
 def test_nothing_selected_builds_nothing():
     steps = build_plan(Options(asr=False, tts=False, llm=False), SPARK, LOCK)
     assert names(steps) == ["system-packages", "service-user", "models", "configuration", "api-key",
-                            "units"]
+                            "memory", "units"]
 
 
 def test_default_lock_parses_and_bad_locks_are_refused(tmp_path):

@@ -1,0 +1,67 @@
+"""The installer's memory budget: measured capacities, the Spark's defaults, vLLM's derived share,
+the drop-ins, and a refusal (with the fix) for a stack that cannot fit."""
+
+import dataclasses
+
+import pytest
+from click.testing import CliRunner
+from nemotron_install import memory
+from nemotron_install.cli import main
+from nemotron_install.host import HOST_PROFILES
+from nemotron_install.lock import load_lock
+from nemotron_install.plan import Options, build_plan, render_config
+
+LOCK = load_lock()
+SPARK = HOST_PROFILES["spark"]
+
+
+def test_interpolation_between_measured_capacities():
+    assert memory.interpolate(memory.TTS_MIB, 16) == memory.TTS_MIB[16]
+    assert memory.interpolate(memory.TTS_MIB, 10) == pytest.approx((9670 + 17090) / 2)
+    assert memory.interpolate(memory.ASR_MIB, 1) == memory.ASR_MIB[16]  # below: the smallest measured
+    assert memory.interpolate(memory.ASR_MIB, 1024) == pytest.approx(23400 + (23400 - 10416) * 2)
+
+
+def test_the_defaults_fit_a_spark_with_the_llm_in_every_mode():
+    for mode in ("llamacpp-q8", "llamacpp-q4", "vllm"):
+        budget = memory.for_host(Options(mode=mode), SPARK)
+        assert budget.unified and budget.total_gib == pytest.approx(119.7)
+        assert budget.fits, budget.describe()
+        assert budget.need_gib + 0.5 < budget.total_gib  # not a rounding error away from the edge
+
+
+def test_vllm_gets_what_asr_and_tts_leave_unless_the_user_chose():
+    budget = memory.for_host(Options(mode="vllm"), SPARK)
+    rest = budget.total_gib - budget.share("ASR") - budget.share("TTS") - budget.margin_gib
+    assert budget.vllm_utilization == pytest.approx(rest / budget.total_gib, abs=0.01)
+    assert budget.share("LLM") >= memory.LLM_WEIGHTS_GIB["vllm"]
+    steps = build_plan(Options(mode="vllm"), SPARK, LOCK)
+    config = next(s for s in steps if s.name == "configuration").inputs
+    assert f"gpu_memory_utilization = {budget.vllm_utilization}" in str(config)
+    chosen = Options(mode="vllm", extra_config={"llm": {"gpu_memory_utilization": 0.5}})
+    kept = memory.with_derived_settings(chosen, budget)
+    assert "gpu_memory_utilization = 0.5\n" in render_config(kept, LOCK)
+
+
+def test_memory_drop_ins_follow_each_servers_share(tmp_path):
+    options = Options(units_dir=tmp_path, extra_config={"tts": {"max_batch": 64}})
+    step = next(s for s in build_plan(options, SPARK, LOCK) if s.name == "memory")
+    step.action(lambda _line: None)
+    tts = (tmp_path / "nemotron-tts.service.d/memory.conf").read_text()
+    asr = (tmp_path / "nemotron-asr.service.d/memory.conf").read_text()
+    assert "MemoryMax=44G" in tts and "MemoryMax=13G" in asr  # 35.6 + 8 and 4.7 + 8 GiB, rounded up
+    # Without a GPU budget (here: a GPU whose memory is unknown) the drop-ins go.
+    unknown = dataclasses.replace(SPARK, memory_gib=0.0)
+    no_budget = next(s for s in build_plan(options, unknown, LOCK) if s.name == "memory")
+    no_budget.action(lambda _line: None)
+    assert not (tmp_path / "nemotron-tts.service.d/memory.conf").exists()
+
+
+def test_a_stack_that_cannot_fit_is_refused_with_the_fix():
+    result = CliRunner().invoke(main, ["--dry-run", "--for", "spark", "--set", "tts.max_batch=256",
+                                       "--set", "asr.max_sessions=512", "--set", "asr.max_batch=512"])
+    assert "DOES NOT FIT" in result.output
+    assert "preflight would stop a real run: the stack needs" in result.output
+    assert "fix: lower the capacities" in result.output
+    fits = CliRunner().invoke(main, ["--dry-run", "--for", "spark"])
+    assert "fits" in fits.output and "would stop" not in fits.output
