@@ -11,6 +11,7 @@ Signal handlers only set an event; this module alone decides the exit code.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import signal
 import threading
 from typing import Protocol
@@ -18,6 +19,7 @@ from typing import Protocol
 from loguru import logger
 
 from . import exitcodes, heap
+from .config import ConfigError
 from .health import Health, State
 from .notify import Notifier
 
@@ -33,7 +35,9 @@ class ModelServer(Protocol):
     async def listen(self) -> None: ...
 
     def load_and_warm_up(self, progress: Progress) -> str:
-        """Blocking; returns the READY status line. Runs in a worker thread."""
+        """Returns the READY status line. A blocking function runs in a worker thread; a coroutine
+        function (a server that only waits, like the LLM supervisor) on the event loop. Raising
+        :class:`ConfigError` exits 78 (a restart cannot help), anything else exits 1."""
 
     def engine_alive(self) -> bool: ...
 
@@ -91,19 +95,26 @@ async def run(server: ModelServer, drain_timeout_s: float, notifier: Notifier | 
         server.health.stage = text
         loop.call_soon_threadsafe(notifier.status, text, budget_s)
 
-    loading = _run_in_thread(server.load_and_warm_up, progress)
+    if inspect.iscoroutinefunction(server.load_and_warm_up):
+        loading = asyncio.ensure_future(server.load_and_warm_up(progress))
+    else:
+        loading = _run_in_thread(server.load_and_warm_up, progress)
     stopped = asyncio.ensure_future(stop.wait())
     await asyncio.wait({loading, stopped}, return_when=asyncio.FIRST_COMPLETED)
     if not loading.done():
+        loading.cancel()
         notifier.stopping("stopped while loading")
         server.health.state = State.STOPPING
         await server.close()
         return exitcodes.OK
     if loading.exception() is not None:
         exc = loading.exception()
-        logger.opt(exception=exc).critical(f"{server.name} failed to start: {exc}")
         server.health.state = State.FAILED
         await server.close()
+        if isinstance(exc, ConfigError):
+            logger.error(f"{server.name} cannot start: {exc}")
+            return exitcodes.CONFIG_ERROR
+        logger.opt(exception=exc).critical(f"{server.name} failed to start: {exc}")
         return exitcodes.RUNTIME_FAILURE
 
     heap.freeze_loaded_objects()

@@ -43,10 +43,12 @@ def main(config_path: Path | None, print_command: bool, **flags) -> None:
     if print_command:
         click.echo(shlex.join(argv))
         return
-    from .supervisor import Supervisor
+    from nemotron_common.lifecycle import run
+
+    from .supervisor import LLMService
 
     logger.info(f"access: {'API key required' if key_file else 'no API key'}")
-    sys.exit(asyncio.run(Supervisor(config, argv, env=env).run()))
+    sys.exit(asyncio.run(run(LLMService(config, argv, env=env), config.stop_timeout)))
 
 
 if __name__ == "__main__":

@@ -1,10 +1,11 @@
-"""Run the backend as a child and stand in for it towards systemd.
+"""The LLM backend as a child, on the lifecycle every model server shares (nemotron_common.lifecycle).
 
-The backend cannot send READY=1, so the supervisor polls its ``/health`` and notifies when it answers
-200; afterwards a probe keeps running, and a backend that exits or stops answering makes the service
-exit non-zero so systemd restarts it. SIGTERM is forwarded once (vLLM aborts its clean shutdown on a
-second one); a backend still running after ``stop_timeout`` is killed with its whole process group,
-so no engine process outlives the service holding GPU memory.
+The backend serves the port itself and cannot send READY=1, so for the lifecycle: listening is
+starting it, loading is polling its ``/health`` until 200, alive is the last probe passing, and a
+backend that exits or stops answering fails the service so systemd restarts it. Drain forwards
+SIGTERM once (vLLM aborts its clean shutdown on a second one); close kills whatever is left of the
+backend's process group after ``stop_timeout``, so no engine process outlives the service holding
+GPU memory.
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ import signal
 import time
 
 from loguru import logger
-from nemotron_common import exitcodes
-from nemotron_common.notify import Notifier
+from nemotron_common.config import ConfigError
+from nemotron_common.health import Health
+from nemotron_common.lifecycle import Progress
 
 from .config import LLMConfig
 
@@ -51,118 +53,126 @@ async def http_status(host: str, port: int, path: str, timeout: float = 3.0) -> 
         writer.close()
 
 
-class Supervisor:
-    def __init__(self, config: LLMConfig, argv: list[str], notifier: Notifier | None = None,
-                 env: dict[str, str] | None = None) -> None:
+class LLMService:
+    name = "nemotron-llm"
+
+    def __init__(self, config: LLMConfig, argv: list[str], env: dict[str, str] | None = None) -> None:
         self.config = config
         self.argv = argv
         self.env = {**os.environ, **(env or {})}
-        self.notifier = notifier or Notifier()
+        self.health = Health("llm")  # the lifecycle's state; the backend answers /health itself
         self.process: asyncio.subprocess.Process | None = None
-        self.stop = asyncio.Event()
         self.probe_host = "127.0.0.1" if config.host in ("0.0.0.0", "::", "") else config.host
+        self._start_error = ""
+        self._alive = False
+        self._failed = asyncio.Event()
+        self._pump_task: asyncio.Task | None = None  # the backend's output into the journal
+        self._watch_task: asyncio.Task | None = None  # the probes after READY
 
-    async def run(self) -> int:
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self.stop.set)
+    async def listen(self) -> None:
         logger.info("starting backend: " + " ".join(self.argv))
         try:
             self.process = await asyncio.create_subprocess_exec(
                 *self.argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=self.env,
                 start_new_session=True)  # its own process group, so a kill reaches engine workers too
         except OSError as exc:
-            logger.error(f"cannot start backend {self.argv[0]}: {exc.strerror}")
-            return exitcodes.CONFIG_ERROR
-        pump = asyncio.create_task(self._pump())
-        try:
-            code = await self._until_ready()
-            if code is None:
-                code = await self._serve()
-        finally:
-            await self._shutdown()
-            await asyncio.gather(pump, return_exceptions=True)
-        return code
+            self._start_error = f"cannot start backend {self.argv[0]}: {exc.strerror}"
+            return
+        self._pump_task = asyncio.create_task(self._pump())
 
+    async def load_and_warm_up(self, progress: Progress) -> str:
+        """Wait for the backend's /health 200; fails at once if the backend exits first."""
+        if self.process is None:
+            raise ConfigError(self._start_error)
+        started = time.monotonic()
+        last_status = 0.0
+        while True:
+            if self.process.returncode is not None:
+                raise RuntimeError(f"backend exited with {self.process.returncode} before it was ready")
+            elapsed = time.monotonic() - started
+            if elapsed > self.config.start_timeout:
+                raise RuntimeError(f"backend did not answer /health 200 within "
+                                   f"{self.config.start_timeout:g} s")
+            status = await self._probe()
+            if status == 200:
+                self._alive = True
+                self._watch_task = asyncio.create_task(self._watch())
+                return f"{self.config.mode} ready on port {self.config.port} after {elapsed:.1f} s"
+            if time.monotonic() - last_status > 5:
+                state = "not listening yet" if status is None else f"/health {status}"
+                progress(f"loading {self.config.mode}: {state} after {elapsed:.0f} s",
+                         self.config.start_timeout - elapsed)
+                last_status = time.monotonic()
+            await self._exit_or_sleep(0.25)
+
+    def engine_alive(self) -> bool:
+        return self._alive
+
+    async def wait_engine_failed(self) -> None:
+        await self._failed.wait()
+
+    async def drain(self, timeout_s: float) -> None:
+        self._stop_watching()
+        if self.process is not None and self.process.returncode is None:
+            self.process.send_signal(signal.SIGTERM)  # once: vLLM aborts a clean shutdown on a second
+            try:
+                await asyncio.wait_for(self.process.wait(), timeout_s)
+            except TimeoutError:
+                logger.warning(f"backend still running {timeout_s:g} s after SIGTERM; "
+                               "killing its process group")
+
+    async def close(self) -> None:
+        self._stop_watching()
+        process = self.process
+        if process is not None:
+            try:  # whatever is left of its process group (engine workers) goes too
+                os.killpg(process.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+            await process.wait()
+            logger.info(f"backend stopped ({process.returncode})")
+        await asyncio.gather(*filter(None, (self._pump_task, self._watch_task)), return_exceptions=True)
+
+    # --- internals --------------------------------------------------------------------------------
     async def _pump(self) -> None:
-        assert self.process and self.process.stdout
         backend = logger.bind(name="backend").patch(lambda r: r.update(name=self.config.backend))
         async for raw in self.process.stdout:
             line = raw.decode(errors="replace").rstrip()
             if line:
                 backend.log(line_level(line), line)
 
-    async def _health(self) -> int | None:
+    async def _probe(self) -> int | None:
         return await http_status(self.probe_host, self.config.port, "/health")
 
-    async def _until_ready(self) -> int | None:
-        """None once ready; an exit code if the backend died, timed out or we were stopped first."""
-        started = time.monotonic()
-        last_status = 0.0
-        while True:
-            if self.stop.is_set():
-                self.notifier.stopping("stopped before the backend was ready")
-                return exitcodes.OK
-            if self.process.returncode is not None:
-                logger.error(f"backend exited with {self.process.returncode} before it was ready")
-                return exitcodes.RUNTIME_FAILURE
-            elapsed = time.monotonic() - started
-            if elapsed > self.config.start_timeout:
-                logger.error(f"backend did not answer /health 200 within {self.config.start_timeout:g} s")
-                return exitcodes.RUNTIME_FAILURE
-            status = await self._health()
-            if status == 200:
-                self.notifier.ready(f"{self.config.mode} ready on port {self.config.port} "
-                                    f"after {elapsed:.1f} s")
-                return None
-            if time.monotonic() - last_status > 5:
-                state = "not listening yet" if status is None else f"/health {status}"
-                self.notifier.status(f"loading {self.config.mode}: {state} after {elapsed:.0f} s")
-                last_status = time.monotonic()
-            await self._sleep_or_stop(0.25)
-
-    async def _serve(self) -> int:
+    async def _watch(self) -> None:
+        """After READY: probe every ``health_interval``; an exit or ``health_failures`` failed probes
+        in a row fail the service."""
         failures = 0
-        interval = self.notifier.watchdog_interval_s()
-        period = min(self.config.health_interval, interval) if interval else self.config.health_interval
-        while not self.stop.is_set():
+        while True:
+            await self._exit_or_sleep(self.config.health_interval)
             if self.process.returncode is not None:
                 logger.error(f"backend exited with {self.process.returncode}; exiting so systemd restarts it")
-                return exitcodes.RUNTIME_FAILURE
-            status = await self._health()
-            if status == 200:
+                break
+            status = await self._probe()
+            self._alive = status == 200
+            if self._alive:
                 failures = 0
-                self.notifier.watchdog()
-            else:
-                failures += 1
-                logger.warning(f"backend health probe failed ({status or 'no answer'}), "
-                               f"{failures}/{self.config.health_failures}")
-                if failures >= self.config.health_failures:
-                    logger.error("backend stopped answering; exiting so systemd restarts it")
-                    return exitcodes.RUNTIME_FAILURE
-            await self._sleep_or_stop(period)
-        self.notifier.stopping("stopping the backend")
-        return exitcodes.OK
+                continue
+            failures += 1
+            logger.warning(f"backend health probe failed ({status or 'no answer'}), "
+                           f"{failures}/{self.config.health_failures}")
+            if failures >= self.config.health_failures:
+                logger.error("backend stopped answering; exiting so systemd restarts it")
+                break
+        self._alive = False
+        self._failed.set()
 
-    async def _sleep_or_stop(self, seconds: float) -> None:
-        waiter = asyncio.ensure_future(self.process.wait())
-        stopper = asyncio.ensure_future(self.stop.wait())
-        await asyncio.wait({waiter, stopper}, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
-        waiter.cancel()
-        stopper.cancel()
+    def _stop_watching(self) -> None:
+        if self._watch_task is not None:
+            self._watch_task.cancel()
 
-    async def _shutdown(self) -> None:
-        process = self.process
-        if process.returncode is None:
-            process.send_signal(signal.SIGTERM)  # once: vLLM aborts a clean shutdown on a second
-            try:
-                await asyncio.wait_for(process.wait(), self.config.stop_timeout)
-            except TimeoutError:
-                logger.warning(f"backend still running {self.config.stop_timeout:g} s after SIGTERM; "
-                               "killing its process group")
-        try:  # whatever is left of its process group (engine workers) goes too
-            os.killpg(process.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
+    async def _exit_or_sleep(self, seconds: float) -> None:
+        try:
+            await asyncio.wait_for(asyncio.shield(self.process.wait()), seconds)
+        except TimeoutError:
             pass
-        await process.wait()
-        logger.info(f"backend stopped ({process.returncode})")

@@ -179,3 +179,16 @@ def test_the_test_build_runs_on_any_x86_64_machine():
     assert "llama_decode" in listing  # the disassembly is really there
     wide = [line for line in listing.splitlines() if "%ymm" in line or "%zmm" in line or "%k1" in line]
     assert wide == [], wide[:5]
+
+
+def test_a_backend_that_cannot_start_is_a_bad_setting(tmp_path):
+    """Exit 78: systemd does not restart a service in a loop for a binary that cannot run."""
+    model = tmp_path / "m-Q8_0.gguf"
+    model.write_bytes(b"GGUF")
+    not_a_program = tmp_path / "llama-server"
+    not_a_program.write_text("not a program\n")
+    not_a_program.chmod(0o755)
+    proc = ServerProcess("nemotron_llm", ["--model", str(model), "--llama-server", str(not_a_program)])
+    assert proc.process.wait(30) == 78
+    assert "cannot start backend" in proc.log() and "READY=1" not in proc.notify.fields()
+    proc.terminate()
