@@ -7,7 +7,7 @@ plan prints the budget, a real run refuses a configuration that cannot fit (with
 ``MemoryHigh=``/``MemoryMax=`` drop-in sized from its own share.
 
 The ASR and TTS figures are GPU memory at READY measured per capacity on an H200 with random
-weights of the real shapes (bench/results/memory-h200-run1.json), interpolated between the measured
+weights of the real shapes (bench/results/memory-h200-run*.json), interpolated between the measured
 capacities; the LLM's are the model files' sizes plus an estimate for context and compute buffers.
 """
 
@@ -19,9 +19,10 @@ from dataclasses import dataclass
 
 from .steps import Step
 
-# GPU MiB at READY by capacity (ASR: max_sessions = max_batch; TTS: max_batch), H200, random weights.
+# GPU MiB at READY by capacity (ASR: max_sessions = max_batch; TTS: max_batch), H200, random weights
+# (bench/results/memory-h200-run1.json; TTS with its graphs in one pool: memory-h200-run2-*.json).
 ASR_MIB = {16: 5974, 64: 4850, 256: 10416, 512: 23400}
-TTS_MIB = {4: 9670, 16: 17090, 64: 36444}
+TTS_MIB = {4: 5660, 16: 8104, 64: 19198}
 # Nemotron-3-Nano-30B-A3B weights (GiB) by mode: Q8_0 about 33 GB and the BF16 checkpoint about
 # 60 GB, as published; Q4_K_M scaled from Q8_0 by bits per weight (an estimate).
 LLM_WEIGHTS_GIB = {"llamacpp-q8": 30.7, "llamacpp-q4": 18.2, "vllm": 55.9}

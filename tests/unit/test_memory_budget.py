@@ -17,7 +17,7 @@ SPARK = HOST_PROFILES["spark"]
 
 def test_interpolation_between_measured_capacities():
     assert memory.interpolate(memory.TTS_MIB, 16) == memory.TTS_MIB[16]
-    assert memory.interpolate(memory.TTS_MIB, 10) == pytest.approx((9670 + 17090) / 2)
+    assert memory.interpolate(memory.TTS_MIB, 10) == pytest.approx((5660 + 8104) / 2)
     assert memory.interpolate(memory.ASR_MIB, 1) == memory.ASR_MIB[16]  # below: the smallest measured
     assert memory.interpolate(memory.ASR_MIB, 1024) == pytest.approx(23400 + (23400 - 10416) * 2)
 
@@ -27,7 +27,8 @@ def test_the_defaults_fit_a_spark_with_the_llm_in_every_mode():
         budget = memory.for_host(Options(mode=mode), SPARK)
         assert budget.unified and budget.total_gib == pytest.approx(119.7)
         assert budget.fits, budget.describe()
-        assert budget.need_gib + 0.5 < budget.total_gib  # not a rounding error away from the edge
+        if mode != "vllm":  # vLLM is given all that is left, by design: only the margin stays free
+            assert budget.need_gib + 0.5 < budget.total_gib  # not a rounding error away from the edge
 
 
 def test_vllm_gets_what_asr_and_tts_leave_unless_the_user_chose():
@@ -49,7 +50,7 @@ def test_memory_drop_ins_follow_each_servers_share(tmp_path):
     step.action(lambda _line: None)
     tts = (tmp_path / "nemotron-tts.service.d/memory.conf").read_text()
     asr = (tmp_path / "nemotron-asr.service.d/memory.conf").read_text()
-    assert "MemoryMax=44G" in tts and "MemoryMax=13G" in asr  # 35.6 + 8 and 4.7 + 8 GiB, rounded up
+    assert "MemoryMax=27G" in tts and "MemoryMax=13G" in asr  # 18.7 + 8 and 4.7 + 8 GiB, rounded up
     # Without a GPU budget (here: a GPU whose memory is unknown) the drop-ins go.
     unknown = dataclasses.replace(SPARK, memory_gib=0.0)
     no_budget = next(s for s in build_plan(options, unknown, LOCK) if s.name == "memory")
