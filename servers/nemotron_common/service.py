@@ -1,7 +1,8 @@
 """What the model servers share around their engine: health details, failure watch, drain, close.
 
-A subclass sets ``transport`` (with ``start``, ``drain``, ``close`` and ``sessions``), builds its
-engine in ``load_and_warm_up`` and calls :meth:`watch` once the engine runs.
+A subclass sets ``transport`` (a :class:`Transport`), builds its engine (an :class:`Engine`) in
+``load_and_warm_up`` and calls :meth:`watch` once the engine runs. The result is a
+``lifecycle.ModelServer``.
 """
 
 from __future__ import annotations
@@ -9,9 +10,35 @@ from __future__ import annotations
 import asyncio
 import sys
 import threading
+from collections.abc import Sized
 from pathlib import Path
+from typing import Protocol
 
 from .health import Health
+
+
+class Engine(Protocol):
+    """An engine as its service sees it: in this process (TTS) or a proxy to a child (ASR)."""
+
+    failed: threading.Event  # set once the engine can no longer serve
+
+    def alive(self) -> bool:
+        """Making progress (the watchdog's question)."""
+
+    def stop(self) -> None: ...
+
+
+class Transport(Protocol):
+    """A port's server: listens from the start, serves once the engine is set."""
+
+    sessions: Sized  # open streams, for /health
+
+    async def start(self) -> None: ...
+
+    async def drain(self, timeout_s: float) -> None:
+        """Let open streams and requests finish, then close them."""
+
+    async def close(self) -> None: ...
 
 
 class EngineService:
@@ -20,8 +47,8 @@ class EngineService:
     def __init__(self, service: str, model_path: Path, max_sessions: int) -> None:
         self.model_path = model_path
         self.max_sessions = max_sessions
-        self.engine = None
-        self.transport = None
+        self.engine: Engine | None = None
+        self.transport: Transport | None = None
         self.device_text = ""
         self.health = Health(service, self._health_details)
         self._failed = asyncio.Event()
