@@ -31,7 +31,7 @@ if [ ! -e /tmp/device-llama.started ]; then
 import subprocess, sys
 from pathlib import Path
 from nemotron_install.host import detect
-from nemotron_install.plan import verify_torch
+from nemotron_install.python_steps import verify_torch
 command = verify_torch(Path(sys.prefix), detect("3.12"))
 sys.exit(subprocess.run(command.argv).returncode)
 PY

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from .host import Host, free_gib
 from .lock import Lock, LockError
-from .plan import Options, python_version
+from .options import Options, python_version
 
 MIN_DRIVER = 580  # CUDA 13 needs an R580 driver
 MIN_CAPABILITY = (8, 0)  # bf16 and the kernels the stack uses
