@@ -9,6 +9,7 @@ import asyncio
 import queue
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Protocol
 
 
 @dataclass
@@ -67,3 +68,18 @@ class StreamCommands:
 
     def close(self, stream_id: int) -> None:
         self.enqueue("close", stream_id)
+
+
+class StreamEngine(Protocol):
+    """What sessions see of the engine: the engine itself, or its proxy in the service process
+    (``engine_process.RemoteEngine``). Every call only enqueues; results come through ``deliver``."""
+
+    def open(self, deliver: Deliver, loop: asyncio.AbstractEventLoop | None = None) -> int: ...
+
+    def feed(self, stream_id: int, pcm16: bytes) -> None: ...
+
+    def finalize(self, stream_id: int) -> None: ...
+
+    def current(self, stream_id: int) -> None: ...
+
+    def close(self, stream_id: int) -> None: ...

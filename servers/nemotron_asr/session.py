@@ -15,8 +15,7 @@ from loguru import logger
 from . import protocol
 
 if TYPE_CHECKING:
-    from .engine import Engine
-    from .interface import Result
+    from .interface import Result, StreamEngine
     from .metrics import ASRMetrics
 
 # Messages a client may leave unread before its interims are dropped: each interim repeats the
@@ -26,7 +25,7 @@ MAX_UNSENT = 64
 
 
 class Session:
-    def __init__(self, engine: Engine, max_frame_bytes: int, peer: str,
+    def __init__(self, engine: StreamEngine, max_frame_bytes: int, peer: str,
                  metrics: ASRMetrics | None = None) -> None:
         self.engine = engine
         self.peer = peer

@@ -20,8 +20,7 @@ from .protocol import BYTES_PER_SAMPLE, SAMPLE_RATE
 from .transcripts import GRANULARITIES, RESPONSE_FORMATS, Timeline
 
 if TYPE_CHECKING:
-    from .engine import Engine
-    from .interface import Result
+    from .interface import Result, StreamEngine
 
 PATH = "/v1/audio/transcriptions"
 STREAMED_FORMATS = ("json", "text")
@@ -106,7 +105,7 @@ class Transcription:
     ``deltas`` yields the text each result appends, and None once the transcript is complete.
     """
 
-    def __init__(self, engine: Engine, upload: Upload) -> None:
+    def __init__(self, engine: StreamEngine, upload: Upload) -> None:
         self.engine = engine
         self.upload = upload
         self.timeline = Timeline()

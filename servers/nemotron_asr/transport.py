@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import TYPE_CHECKING
 
 from aiohttp import WSCloseCode, WSMsgType, web
 from loguru import logger
@@ -17,13 +16,11 @@ from nemotron_common.health import Health
 from nemotron_common.http import HttpTransport, error_response
 
 from . import protocol, transcripts
+from .interface import StreamEngine
 from .metrics import ASRMetrics
 from .session import Session
 from .transcription import PATH as TRANSCRIPTIONS_PATH
 from .transcription import BadUpload, Transcription, read_upload
-
-if TYPE_CHECKING:
-    from .engine import Engine
 
 STREAM_PATHS = ("/", "/ws", "/v1/asr/stream")
 PING_INTERVAL_S = 20.0
@@ -35,7 +32,7 @@ class Transport(HttpTransport):
                  max_upload_bytes: int = 25 * 2**20) -> None:
         self.max_sessions = max_sessions
         self.max_frame_bytes = max_frame_bytes
-        self.engine: Engine | None = None  # set once the model is loaded
+        self.engine: StreamEngine | None = None  # set once the model is loaded
         self.sessions: set[Session] = set()
         self.transcriptions: set[Transcription] = set()
         self.sockets: set[web.WebSocketResponse] = set()
