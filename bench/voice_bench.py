@@ -1,0 +1,173 @@
+"""Voice to voice: from the end of a user's speech to the first audio of the reply, hop by hop.
+
+Each simulated conversation does what the bots do, against running ASR, LLM and TTS servers:
+streams speech in real time over the ASR WebSocket and hard-resets at its end; sends the final
+transcript to the LLM's ``/completion`` (streamed, its own slot, cached prompt); streams the reply's
+first sentence to TTS over ``/ws/tts/stream``. It measures end of speech -> final transcript ->
+first LLM token -> first sentence -> first audio byte, and reports p50/p95 of each hop for each
+number of concurrent conversations. A conversation that hears no words, gets no token or no audio
+fails the run: a silent model measures nothing.
+
+    python bench/voice_bench.py --asr ws://127.0.0.1:8080/ --llm http://127.0.0.1:8000 \\
+        --tts ws://127.0.0.1:8001/ws/tts/stream --conversations 1,4,16 --out bench-out/voice
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import sys
+import time
+from pathlib import Path
+
+import aiohttp
+import click
+import numpy as np
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # random_models
+
+SYSTEM = ("<|im_start|>system\nYou are a helpful voice assistant. Answer in one or two short "
+          "sentences.<|im_end|>\n")
+SENTENCE_END = re.compile(r"[.!?](\s|$)")
+FIRST_SENTENCE_TOKENS = 24  # a reply without punctuation is cut into a first "sentence" here
+HOPS = ("final_ms", "first_token_ms", "first_sentence_ms", "first_audio_ms")
+
+
+def _speech(seconds: float, seed: int) -> bytes:
+    from random_models.asr import speechlike_audio
+
+    return (speechlike_audio(seconds, seed) * 32767).astype("<i2").tobytes()
+
+
+async def _transcribe(session: aiohttp.ClientSession, url: str, pcm: bytes,
+                      headers: dict) -> tuple[str, float]:
+    """Stream ``pcm`` in real time (20 ms frames); returns the final text and when the reset went."""
+    async with session.ws_connect(url, headers=headers, max_msg_size=0) as ws:
+        ready = await ws.receive_json(timeout=60)
+        assert ready["type"] == "ready", ready
+        frame = 640
+        begin = time.perf_counter()
+        for offset in range(0, len(pcm), frame):
+            due = begin + offset / 32000
+            await asyncio.sleep(max(0.0, due - time.perf_counter()))
+            await ws.send_bytes(pcm[offset:offset + frame])
+        reset_at = time.perf_counter()
+        await ws.send_json({"type": "reset", "finalize": True})
+        while True:
+            message = await ws.receive_json(timeout=60)
+            if message.get("type") == "error":
+                raise RuntimeError(f"ASR: {message['message']}")
+            if message.get("finalize"):
+                return message["text"], reset_at
+
+
+async def _reply(session: aiohttp.ClientSession, url: str, text: str, slot: int, headers: dict,
+                 marks: dict) -> str:
+    """The bots' request: streamed ``/completion`` in the conversation's own slot, prompt cached.
+    Marks the first token and the first sentence; returns the first sentence."""
+    prompt = f"{SYSTEM}<|im_start|>user\n{text}<|im_end|>\n<|im_start|>assistant\n"
+    body = {"prompt": prompt, "stream": True, "n_predict": 64, "id_slot": slot, "cache_prompt": True,
+            "temperature": 0.7}
+    reply, tokens = "", 0
+    async with session.post(url + "/completion", json=body, headers=headers) as response:
+        response.raise_for_status()
+        async for raw in response.content:
+            line = raw.decode().strip()
+            if not line.startswith("data: "):
+                continue
+            event = json.loads(line[6:])
+            if event.get("content"):
+                marks.setdefault("first_token", time.perf_counter())
+                reply += event["content"]
+                tokens += 1
+                if SENTENCE_END.search(reply) or tokens >= FIRST_SENTENCE_TOKENS:
+                    break
+            if event.get("stop"):
+                break
+    marks["first_sentence"] = time.perf_counter()
+    cut = SENTENCE_END.search(reply)
+    return (reply[:cut.end()] if cut else reply).strip() or "Okay."
+
+
+async def _speak(session: aiohttp.ClientSession, url: str, sentence: str, headers: dict) -> float:
+    """Send the first sentence to TTS; returns when its first audio byte arrived."""
+    async with session.ws_connect(url, headers=headers, max_msg_size=0) as ws:
+        await ws.send_json({"type": "init"})
+        await ws.send_json({"type": "text", "text": sentence})
+        while True:
+            message = await ws.receive(timeout=60)
+            if message.type == aiohttp.WSMsgType.BINARY:
+                return time.perf_counter()
+            if message.type != aiohttp.WSMsgType.TEXT:
+                raise RuntimeError(f"TTS closed the stream ({message.type})")
+            data = json.loads(message.data)
+            if data.get("type") == "error":
+                raise RuntimeError(f"TTS: {data['message']}")
+
+
+async def _conversation(urls: dict, index: int, slots: int, seconds: float, headers: dict) -> dict:
+    pcm = _speech(seconds, seed=1000 + index % 4)  # the clips the random ASR model talks on
+    async with aiohttp.ClientSession() as session:
+        text, end_of_speech = await _transcribe(session, urls["asr"], pcm, headers)
+        final_at = time.perf_counter()
+        marks: dict = {}
+        sentence = await _reply(session, urls["llm"], text or "Hello.", index % slots, headers, marks)
+        audio_at = await _speak(session, urls["tts"], sentence, headers)
+    if not text.split():
+        raise RuntimeError("the ASR model heard no words: a silent model measures nothing")
+    if "first_token" not in marks:
+        raise RuntimeError("the LLM sent no token")
+    ms = lambda t: round((t - end_of_speech) * 1000, 1)  # noqa: E731 - one formula, four uses
+    return {"final_ms": ms(final_at), "first_token_ms": ms(marks["first_token"]),
+            "first_sentence_ms": ms(marks["first_sentence"]), "first_audio_ms": ms(audio_at),
+            "words": len(text.split()), "sentence_chars": len(sentence)}
+
+
+def _percentiles(rows: list[dict]) -> dict:
+    out = {}
+    for hop in HOPS:
+        values = [row[hop] for row in rows]
+        out[hop] = {"p50": round(float(np.percentile(values, 50)), 1),
+                    "p95": round(float(np.percentile(values, 95)), 1)}
+    return out
+
+
+async def run_level(urls: dict, conversations: int, slots: int, seconds: float, headers: dict) -> dict:
+    rows = await asyncio.gather(*(_conversation(urls, i, slots, seconds, headers)
+                                  for i in range(conversations)))
+    return {"conversations": conversations, **_percentiles(list(rows)),
+            "mean_words_heard": round(sum(r["words"] for r in rows) / len(rows), 1)}
+
+
+@click.command()
+@click.option("--asr", "asr_url", default="ws://127.0.0.1:8080/", show_default=True)
+@click.option("--llm", "llm_url", default="http://127.0.0.1:8000", show_default=True)
+@click.option("--tts", "tts_url", default="ws://127.0.0.1:8001/ws/tts/stream", show_default=True)
+@click.option("--conversations", default="1,4,16", show_default=True,
+              help="concurrent conversations, level by level")
+@click.option("--slots", default=1, show_default=True, help="the LLM's parallel slots (llm.parallel)")
+@click.option("--seconds", default=3.0, show_default=True, help="speech per user turn")
+@click.option("--api-key", default="", help="sent as Authorization: Bearer to every service")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None)
+def main(asr_url, llm_url, tts_url, conversations, slots, seconds, api_key, out) -> None:
+    """Voice-to-voice latency of running ASR, LLM and TTS servers, hop by hop."""
+    urls = {"asr": asr_url, "llm": llm_url.rstrip("/"), "tts": tts_url}
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    levels = [asyncio.run(run_level(urls, int(n), slots, seconds, headers)) for n in conversations.split(",")]
+    lines = ["| conversations | final p50/p95 | first token | first sentence | first audio |",
+             "|---|---|---|---|---|"]
+    for level in levels:
+        cells = [f"{level[h]['p50']} / {level[h]['p95']}" for h in HOPS]
+        lines.append(f"| {level['conversations']} | " + " | ".join(cells) + " |")
+    click.echo("ms from the end of speech\n" + "\n".join(lines))
+    if out:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "voice_bench.json").write_text(json.dumps({"levels": levels, "urls": urls}, indent=1))
+        (out / "voice_bench.md").write_text("\n".join(lines) + "\n")
+    click.echo(json.dumps(levels))
+
+
+if __name__ == "__main__":
+    main()
