@@ -22,6 +22,7 @@ from . import memory, preflight
 from .access import open_to_the_network_warning
 from .host import HOST_PROFILES, detect
 from .lock import DEFAULT_LOCK, LockError, load_lock
+from .options import setting_schemas
 from .plan import MODES, PROFILES, Options, build_plan, python_version
 from .steps import Runner, StepFailed
 from .units import REPO_ROOT, UNIT_NAMES
@@ -71,18 +72,9 @@ def _config_value(text: str) -> object:
         return text
 
 
-def _schemas() -> dict[str, type]:
-    from nemotron_asr.config import ASRConfig
-    from nemotron_llm.config import LLMConfig
-    from nemotron_riva.config import RivaConfig
-    from nemotron_tts.config import TTSConfig
-
-    return {"asr": ASRConfig, "tts": TTSConfig, "llm": LLMConfig, "riva": RivaConfig}
-
-
 def _extra_config(pairs: tuple[str, ...]) -> dict:
     """--set TABLE.SETTING=VALUE pairs, each checked against the service's own settings schema."""
-    schemas = _schemas()
+    schemas = setting_schemas()
     extra: dict[str, dict] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")

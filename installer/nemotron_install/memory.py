@@ -48,11 +48,10 @@ def interpolate(table: dict[int, int], capacity: int) -> float:
 
 
 def _setting(options, table: str, name: str):
-    from nemotron_asr.config import ASRConfig
-    from nemotron_llm.config import LLMConfig
-    from nemotron_tts.config import TTSConfig
+    """The value of ``table.name`` this install writes: the user's ``--set``, else the default."""
+    from .options import setting_schemas
 
-    schema = {"asr": ASRConfig, "tts": TTSConfig, "llm": LLMConfig}[table]
+    schema = setting_schemas()[table]
     if name in options.extra_config.get(table, {}):
         return options.extra_config[table][name]
     return next(f.default for f in dataclasses.fields(schema) if f.name == name)

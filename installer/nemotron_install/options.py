@@ -82,3 +82,13 @@ class Options:
 def python_version(options: Options, lock: Lock) -> str:
     """The venvs' Python: --python, else the lock's."""
     return options.python or lock.python
+
+
+def setting_schemas() -> dict[str, type]:
+    """Each service's settings schema by its table in nemotron.toml: what ``--set`` may name."""
+    from nemotron_asr.config import ASRConfig
+    from nemotron_llm.config import LLMConfig
+    from nemotron_riva.config import RivaConfig
+    from nemotron_tts.config import TTSConfig
+
+    return {"asr": ASRConfig, "tts": TTSConfig, "llm": LLMConfig, "riva": RivaConfig}

@@ -124,22 +124,18 @@ class Transcription:
         elif result.kind == "final":
             delta = self.timeline.final(result.text, self.upload.duration_s)
         elif result.kind == "error":
-            self.error = result.text
-            self.deltas.put_nowait(None)
-            self.done.set()
-            return
+            self.error, delta = result.text, ""
         else:
             return
         if delta:
             self.deltas.put_nowait(delta)
-        if result.kind == "final":
+        if result.kind != "interim":
             self.deltas.put_nowait(None)
             self.done.set()
 
     async def text(self) -> str:
         """The whole transcript, once the final is in."""
-        while await self.deltas.get() is not None:
-            pass
+        await self.done.wait()
         return self.timeline.text
 
     def close(self) -> None:

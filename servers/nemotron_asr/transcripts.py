@@ -9,6 +9,7 @@ is what the ``verbose_json``, ``srt`` and ``vtt`` timestamps are made of.
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import dataclass
 
@@ -36,7 +37,7 @@ class Timeline:
     def interim(self, text: str, heard_ms: float) -> str:
         """Record an interim; returns the text it appends to the previous one (empty if none)."""
         delta = text[len(self.text):] if text.startswith(self.text) else ""
-        shared = len(_common_prefix(self.text, text))
+        shared = len(os.path.commonprefix([self.text, text]))
         self._ends = self._ends[:shared] + [heard_ms / 1000] * (len(text) - shared)
         self.text = text
         return delta
@@ -66,15 +67,6 @@ class Timeline:
                 spans.append(Span(previous_end, end, self.text[start:word.end()].strip()))
                 start, previous_end = word.end(), end
         return spans
-
-
-def _common_prefix(a: str, b: str) -> str:
-    n = 0
-    for x, y in zip(a, b, strict=False):
-        if x != y:
-            break
-        n += 1
-    return a[:n]
 
 
 def render(response_format: str, timeline: Timeline, duration_s: float,

@@ -50,11 +50,6 @@ class Transport(HttpTransport):
     def describe(self) -> str:
         return f"ws://{self.host}:{self.port}/ (transcriptions at {TRANSCRIPTIONS_PATH})"
 
-    def not_ready(self) -> web.Response | None:
-        if self.engine is None:
-            return error_response(503, "ASR is not ready: the model is loading")
-        return super().not_ready()
-
     def _full(self) -> bool:
         return len(self.sessions) + len(self.transcriptions) >= self.max_sessions
 

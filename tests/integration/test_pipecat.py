@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from helpers.asr_client import to_pcm
-from helpers.process import ServerProcess
+from helpers.stacks import speech_servers
 
 from random_models.asr import CALIBRATION_SEED, speechlike_audio
 
@@ -25,23 +25,9 @@ KEY = "pipecat-k3y"
 def gateway(tiny_asr_model, tiny_tts_model, tmp_path_factory):
     keys = tmp_path_factory.mktemp("pipecat-keys")
     (keys / "api-key").write_text(KEY)
-    common = {"CREDENTIALS_DIRECTORY": str(keys)}
-    asr = ServerProcess("nemotron_asr", ["--model", str(tiny_asr_model), "--cpu-threads", "1",
-                                         "--right-context", "1"], env=common)
-    tts = ServerProcess("nemotron_tts", ["--model", str(tiny_tts_model), "--device", "cpu",
-                                         "--cpu-threads", "1", "--seed", "5"], env=common)
-    servers = [asr, tts]
-    try:
-        asr.wait_ready()
-        tts.wait_ready()
-        riva = ServerProcess("nemotron_riva", ["--asr-url", asr.ws_url,
-                                               "--tts-url", tts.ws_url + "ws/tts/stream"], env=common)
-        servers.append(riva)
-        assert riva.notify.wait_for("READY=1", timeout=60, process=riva.process), riva.log()
-        yield riva
-    finally:
-        for server in servers:
-            server.terminate()
+    with speech_servers(tiny_asr_model, tiny_tts_model, {"CREDENTIALS_DIRECTORY": str(keys)},
+                        riva=True) as servers:
+        yield servers[2]
 
 
 def test_a_pipecat_pipeline_hears_and_speaks_through_the_stock_nvidia_services(gateway, tmp_path):

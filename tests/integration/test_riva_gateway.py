@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import riva.client
 from helpers.asr_client import pcm_as_float, to_pcm
-from helpers.process import ServerProcess
+from helpers.stacks import speech_servers
 from riva.client.proto import health_pb2, health_pb2_grpc
 
 from random_models.asr import speechlike_audio
@@ -23,22 +23,8 @@ def stack(tiny_asr_model, tiny_tts_model, tmp_path_factory):
     keys = tmp_path_factory.mktemp("riva-keys")
     (keys / "api-key").write_text(KEY)
     common = {"CREDENTIALS_DIRECTORY": str(keys)}  # one key for all three, as the unit drop-in gives
-    asr = ServerProcess("nemotron_asr", ["--model", str(tiny_asr_model), "--cpu-threads", "1",
-                                         "--right-context", "1"], env=common)
-    tts = ServerProcess("nemotron_tts", ["--model", str(tiny_tts_model), "--device", "cpu",
-                                         "--cpu-threads", "1", "--seed", "5"], env=common)
-    servers = [asr, tts]
-    try:
-        asr.wait_ready()
-        tts.wait_ready()
-        gateway = ServerProcess("nemotron_riva", ["--asr-url", asr.ws_url,
-                                                  "--tts-url", tts.ws_url + "ws/tts/stream"], env=common)
-        servers.append(gateway)
-        assert gateway.notify.wait_for("READY=1", timeout=60, process=gateway.process), gateway.log()
-        yield asr, tts, gateway
-    finally:
-        for server in servers:
-            server.terminate()
+    with speech_servers(tiny_asr_model, tiny_tts_model, common, riva=True) as servers:
+        yield servers
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,7 @@ import pytest
 from helpers.binaries import llama_server
 from helpers.gguf_model import write
 from helpers.process import ServerProcess
+from helpers.stacks import speech_servers
 
 pytestmark = pytest.mark.slow
 BENCH = Path(__file__).parents[2] / "bench" / "voice_bench.py"
@@ -18,21 +19,14 @@ BENCH = Path(__file__).parents[2] / "bench" / "voice_bench.py"
 @pytest.fixture(scope="module")
 def stack(tiny_asr_model, tiny_tts_model, tmp_path_factory):
     gguf = write(tmp_path_factory.mktemp("voice") / "tiny-Q8_0.gguf")
-    one_thread = ["--cpu-threads", "1"]
-    servers = [
-        ServerProcess("nemotron_asr", ["--model", str(tiny_asr_model), *one_thread, "--right-context", "1"]),
-        ServerProcess("nemotron_tts", ["--model", str(tiny_tts_model), "--device", "cpu", *one_thread]),
-        ServerProcess("nemotron_llm", ["--model", str(gguf), "--llama-server", llama_server(),
-                                       "--ctx-size", "1024", "--parallel", "2"]),
-    ]
-    try:
-        servers[0].wait_ready()
-        servers[1].wait_ready()
-        assert servers[2].notify.wait_for("READY=1", timeout=60, process=servers[2].process), servers[2].log()
-        yield servers
-    finally:
-        for server in servers:
-            server.terminate()
+    with speech_servers(tiny_asr_model, tiny_tts_model) as (asr, tts):
+        llm = ServerProcess("nemotron_llm", ["--model", str(gguf), "--llama-server", llama_server(),
+                                             "--ctx-size", "1024", "--parallel", "2"])
+        try:
+            assert llm.notify.wait_for("READY=1", timeout=60, process=llm.process), llm.log()
+            yield asr, tts, llm
+        finally:
+            llm.terminate()
 
 
 def test_every_hop_is_measured_in_order(stack, tmp_path):
