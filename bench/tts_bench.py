@@ -105,12 +105,15 @@ async def _level(url: str, streams: int, preset: str, sample_rate: int, repeats:
 @click.option("--repeats", default=5, show_default=True, help="rounds per level (each stream count)")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("bench-out"))
 @click.option("--port", default=18001, show_default=True)
+@click.option("--servers", type=click.Path(file_okay=False, path_type=Path), default=ROOT / "servers",
+              show_default=True, help="the servers' code to run (another checkout's, for a baseline)")
 @click.option("--stagger-ms", default=0, show_default=True,
               help="spread the clients' starts evenly over this window instead of starting them at once")
-def main(model_path, configs, streams, preset, max_frames, repeats, out, port, stagger_ms) -> None:
+def main(model_path, configs, streams, preset, max_frames, repeats, out, port, servers, stagger_ms) -> None:
     out.mkdir(parents=True, exist_ok=True)
     counts = [int(s) for s in streams.split(",")]
-    report = {"device": device_name(), "model": model_path.name, "max_frames": max_frames, "runs": {}}
+    report = {"device": device_name(), "model": model_path.name, "max_frames": max_frames,
+              "servers": str(servers), "runs": {}}
     url = f"ws://127.0.0.1:{port}/ws/tts/stream"
     for name in configs.split(","):
         log = (out / f"tts-server-{name}.log").open("w")
@@ -119,7 +122,7 @@ def main(model_path, configs, streams, preset, max_frames, repeats, out, port, s
              "--max-sessions", str(max(counts)), "--max-batch", str(max(counts)),
              "--max-frames", str(max_frames), *CONFIGS[name]],
             stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": os.pathsep.join(
-                filter(None, [str(ROOT / "servers"), os.environ.get("PYTHONPATH")]))})
+                filter(None, [str(servers.resolve()), os.environ.get("PYTHONPATH")]))})
         try:
             ready_s = wait_ready(port, process, 900)
             print(f"{name}: server ready after {ready_s:.0f} s", flush=True)

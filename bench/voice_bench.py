@@ -5,8 +5,11 @@ streams speech in real time over the ASR WebSocket and hard-resets at its end; s
 transcript to the LLM's ``/completion`` (streamed, its own slot, cached prompt); streams the reply's
 first sentence to TTS over ``/ws/tts/stream``. It measures end of speech -> final transcript ->
 first LLM token -> first sentence -> first audio byte, and reports p50/p95 of each hop for each
-number of concurrent conversations. A conversation that hears no words, gets no token or no audio
-fails the run: a silent model measures nothing.
+number of concurrent conversations, and of each service's own share (ASR: end of speech to final;
+LLM: final to first token; TTS: first sentence to first audio). ``--llm-load N`` keeps N more
+streams generating in their own slots during every level, to measure how the LLM's decoding on the
+same GPU slows ASR and TTS. A conversation that hears no words, gets no token or no audio fails the
+run: a silent model measures nothing.
 
     python bench/voice_bench.py --asr ws://127.0.0.1:8080/ --llm http://127.0.0.1:8000 \\
         --tts ws://127.0.0.1:8001/ws/tts/stream --conversations 1,4,16 --out bench-out/voice
@@ -33,6 +36,7 @@ SYSTEM = ("<|im_start|>system\nYou are a helpful voice assistant. Answer in one 
 SENTENCE_END = re.compile(r"[.!?](\s|$)")
 FIRST_SENTENCE_TOKENS = 24  # a reply without punctuation is cut into a first "sentence" here
 HOPS = ("final_ms", "first_token_ms", "first_sentence_ms", "first_audio_ms")
+SHARES = ("asr_ms", "llm_ms", "tts_ms")
 
 
 def _speech(seconds: float, seed: int) -> bytes:
@@ -119,26 +123,81 @@ async def _conversation(urls: dict, index: int, slots: int, seconds: float, head
         raise RuntimeError("the ASR model heard no words: a silent model measures nothing")
     if "first_token" not in marks:
         raise RuntimeError("the LLM sent no token")
-    ms = lambda t: round((t - end_of_speech) * 1000, 1)  # noqa: E731 - one formula, four uses
+    ms = lambda a, b=end_of_speech: round((a - b) * 1000, 1)  # noqa: E731 - one formula, seven uses
     return {"final_ms": ms(final_at), "first_token_ms": ms(marks["first_token"]),
             "first_sentence_ms": ms(marks["first_sentence"]), "first_audio_ms": ms(audio_at),
+            "asr_ms": ms(final_at), "llm_ms": ms(marks["first_token"], final_at),
+            "tts_ms": ms(audio_at, marks["first_sentence"]),
             "words": len(text.split()), "sentence_chars": len(sentence)}
 
 
-def _percentiles(rows: list[dict]) -> dict:
+def _percentiles(rows: list[dict], keys: tuple[str, ...]) -> dict:
     out = {}
-    for hop in HOPS:
-        values = [row[hop] for row in rows]
-        out[hop] = {"p50": round(float(np.percentile(values, 50)), 1),
+    for key in keys:
+        values = [row[key] for row in rows]
+        out[key] = {"p50": round(float(np.percentile(values, 50)), 1),
                     "p95": round(float(np.percentile(values, 95)), 1)}
     return out
 
 
-async def run_level(urls: dict, conversations: int, slots: int, seconds: float, headers: dict) -> dict:
-    rows = await asyncio.gather(*(_conversation(urls, i, slots, seconds, headers)
-                                  for i in range(conversations)))
-    return {"conversations": conversations, **_percentiles(list(rows)),
+async def _generate(url: str, slot: int, headers: dict, counter: list) -> None:
+    """Background decoding in its own slot until cancelled; counts the tokens it received."""
+    body = {"prompt": SYSTEM + "<|im_start|>user\nTell me a long story.<|im_end|>\n<|im_start|>assistant\n",
+            "stream": True, "n_predict": 512, "id_slot": slot, "cache_prompt": True, "ignore_eos": True}
+    # llama-server closes a streamed response's connection: a new one for every request
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as session:
+        while True:
+            async with session.post(url + "/completion", json=body, headers=headers) as response:
+                response.raise_for_status()
+                async for raw in response.content:
+                    if raw.startswith(b"data: ") and b'"content"' in raw:
+                        counter[0] += 1
+
+
+async def _run(urls: dict, conversations: int, slots: int, seconds: float, headers: dict,
+               llm_load: int) -> tuple[list[dict], float]:
+    """One round of a level: its conversations' rows and the background decoding rate (tokens/s)."""
+    counter = [0]
+    load = [asyncio.create_task(_generate(urls["llm"], slots + j, headers, counter)) for j in range(llm_load)]
+    await asyncio.sleep(1.0 if llm_load else 0)  # decoding under way before the first word is spoken
+    started, before = time.perf_counter(), counter[0]
+    try:
+        rows = await asyncio.gather(*(_conversation(urls, i, slots, seconds, headers)
+                                      for i in range(conversations)))
+    finally:
+        elapsed, generated = time.perf_counter() - started, counter[0] - before
+        for task in load:
+            task.cancel()
+        failures = [r for r in await asyncio.gather(*load, return_exceptions=True)
+                    if not isinstance(r, asyncio.CancelledError)]
+    if failures:
+        raise RuntimeError(f"a background LLM stream failed: {failures[0]!r}")
+    if llm_load and not generated:
+        raise RuntimeError("the background LLM streams generated nothing")
+    return list(rows), generated / elapsed
+
+
+def summarize(conversations: int, llm_load: int, rows: list[dict], rates: list[float]) -> dict:
+    return {"conversations": conversations, "llm_load": llm_load, "samples": len(rows),
+            **_percentiles(rows, HOPS), "shares": _percentiles(rows, SHARES),
+            "background_tokens_per_s": round(sum(rates) / len(rates), 1),
             "mean_words_heard": round(sum(r["words"] for r in rows) / len(rows), 1)}
+
+
+async def sweep(urls: dict, levels: list[tuple[int, int]], slots: int, seconds: float, headers: dict,
+                rounds: int, warmup: bool) -> list[dict]:
+    """Every (conversations, llm_load) level once per round, rounds after each other so that a drift
+    of the machine spreads over all levels; percentiles over all rounds' conversations."""
+    if warmup:  # the first requests of each size pay one-time costs (kernels, graphs, caches)
+        await _run(urls, max(n for n, _ in levels), slots, seconds, headers, max(load for _, load in levels))
+    rows: dict = {level: [] for level in levels}
+    rates: dict = {level: [] for level in levels}
+    for _ in range(rounds):
+        for level in levels:
+            level_rows, rate = await _run(urls, level[0], slots, seconds, headers, level[1])
+            rows[level] += level_rows
+            rates[level].append(rate)
+    return [summarize(n, load, rows[(n, load)], rates[(n, load)]) for n, load in levels]
 
 
 @click.command()
@@ -149,19 +208,28 @@ async def run_level(urls: dict, conversations: int, slots: int, seconds: float, 
               help="concurrent conversations, level by level")
 @click.option("--slots", default=1, show_default=True, help="the LLM's parallel slots (llm.parallel)")
 @click.option("--seconds", default=3.0, show_default=True, help="speech per user turn")
+@click.option("--llm-load", default="0", show_default=True,
+              help="background LLM streams generating during each level (slots after the conversations'); "
+                   "a list runs every level once per value")
+@click.option("--rounds", default=1, show_default=True, help="times every level runs (percentiles over all)")
+@click.option("--warmup/--no-warmup", default=True, show_default=True,
+              help="one unmeasured round at the largest level first")
 @click.option("--api-key", default="", help="sent as Authorization: Bearer to every service")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None)
-def main(asr_url, llm_url, tts_url, conversations, slots, seconds, api_key, out) -> None:
+def main(asr_url, llm_url, tts_url, conversations, slots, seconds, llm_load, rounds, warmup, api_key,
+         out) -> None:
     """Voice-to-voice latency of running ASR, LLM and TTS servers, hop by hop."""
     urls = {"asr": asr_url, "llm": llm_url.rstrip("/"), "tts": tts_url}
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-    levels = [asyncio.run(run_level(urls, int(n), slots, seconds, headers)) for n in conversations.split(",")]
-    lines = ["| conversations | final p50/p95 | first token | first sentence | first audio |",
-             "|---|---|---|---|---|"]
+    plan = [(int(n), int(load)) for load in llm_load.split(",") for n in conversations.split(",")]
+    levels = asyncio.run(sweep(urls, plan, slots, seconds, headers, rounds, warmup))
+    lines = ["| conversations | LLM streams besides | final p50/p95 | first token | first sentence | "
+             "first audio | ASR share | LLM share | TTS share |", "|---|---|---|---|---|---|---|---|---|"]
     for level in levels:
         cells = [f"{level[h]['p50']} / {level[h]['p95']}" for h in HOPS]
-        lines.append(f"| {level['conversations']} | " + " | ".join(cells) + " |")
-    click.echo("ms from the end of speech\n" + "\n".join(lines))
+        cells += [f"{level['shares'][s]['p50']} / {level['shares'][s]['p95']}" for s in SHARES]
+        lines.append(f"| {level['conversations']} | {level['llm_load']} | " + " | ".join(cells) + " |")
+    click.echo("ms, p50 / p95; hops from the end of speech\n" + "\n".join(lines))
     if out:
         out.mkdir(parents=True, exist_ok=True)
         (out / "voice_bench.json").write_text(json.dumps({"levels": levels, "urls": urls}, indent=1))

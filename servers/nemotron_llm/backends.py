@@ -16,12 +16,17 @@ def llamacpp(config: LLMConfig, model: str, key_file: Path | None = None) -> lis
     argv = [config.llama_server, "--model", model, "--host", config.host, "--port", str(config.port),
             "--n-gpu-layers", "999", "--ctx-size", str(config.ctx_size), "--flash-attn", "on",
             "--parallel", str(config.parallel), "--metrics", "--alias", config.served_model_name,
-            "--cors-origins", ",".join(sorted(parse_origins(config.allowed_origins)))]
+            "--cors-origins", ",".join(sorted(parse_origins(config.allowed_origins))),
+            # No host-RAM prompt cache: with it, llama-server copies every idle slot into that cache
+            # whenever a request arrives, one slot after another before the request starts, which
+            # delayed first tokens on the voice bench (bench/results/voice-h200-run2.md), and it holds
+            # up to 8 GiB of host memory, which is GPU memory on a Spark. The bots keep each
+            # conversation in its own slot, whose context stays on the GPU, so the copy buys nothing.
+            "--cache-ram", "0"]
     if key_file is not None:
         argv += ["--api-key-file", str(key_file)]  # read by llama-server itself: never on argv
     if config.mode == "llamacpp-q4":
-        argv += ["--cache-type-k", "q8_0", "--cache-type-v", "q8_0", "--cache-ram", "0",
-                 "--reasoning-budget", "0"]
+        argv += ["--cache-type-k", "q8_0", "--cache-type-v", "q8_0", "--reasoning-budget", "0"]
     return argv
 
 
