@@ -39,6 +39,9 @@ def load_engine(config: ASRConfig, model_path: Path,
     streams = config.warmup_streams or min(config.max_batch, config.max_sessions)
     progress(f"warming up with {streams} streams", LOAD_BUDGET_S)
     warm_s = warm_up(engine, streams)
+    # Nothing releases the allocator's cache afterwards (torch.cuda.empty_cache): NeMo's decoder
+    # replays CUDA graphs that use memory the allocator counts as free, and the first step after a
+    # release hit an illegal memory access (bench/results/memory-h200-run3.md).
     nemo_fixes.check_interned_bytes()
     return engine, model.describe(), warm_s
 
