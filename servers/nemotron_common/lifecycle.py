@@ -28,7 +28,10 @@ class Progress(Protocol):
     def __call__(self, text: str, budget_s: float) -> None: ...
 
 
-class ModelServer(Protocol):
+class Service(Protocol):
+    """What :func:`run` drives. Every server is one: ``EngineService`` (ASR, TTS) and the LLM's
+    supervisor (``LLMService``) subclass it, so a missing method fails at import, not at shutdown."""
+
     name: str
     health: Health
 
@@ -73,7 +76,7 @@ def _run_in_thread(func, *args) -> asyncio.Future:
     return future
 
 
-async def _watchdog(notifier: Notifier, server: ModelServer, interval_s: float) -> None:
+async def _watchdog(notifier: Notifier, server: Service, interval_s: float) -> None:
     while True:
         if server.engine_alive():
             notifier.watchdog()
@@ -82,7 +85,7 @@ async def _watchdog(notifier: Notifier, server: ModelServer, interval_s: float) 
         await asyncio.sleep(interval_s)
 
 
-async def run(server: ModelServer, drain_timeout_s: float, notifier: Notifier | None = None) -> int:
+async def run(server: Service, drain_timeout_s: float, notifier: Notifier | None = None) -> int:
     notifier = notifier or Notifier()
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()

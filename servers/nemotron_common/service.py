@@ -1,8 +1,8 @@
-"""What the model servers share around their engine: health details, failure watch, drain, close.
+"""What the servers with an engine share around it: health details, failure watch, drain, close.
 
-A subclass sets ``transport`` (a :class:`Transport`), builds its engine (an :class:`Engine`) in
-``load_and_warm_up`` and calls :meth:`watch` once the engine runs. The result is a
-``lifecycle.ModelServer``.
+:class:`EngineService` is the ``lifecycle.Service`` of ASR and TTS. A subclass sets ``transport`` (a
+:class:`Transport`), builds its engine (an :class:`Engine`) in ``load_and_warm_up`` and calls
+:meth:`watch` once the engine runs.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Protocol
 
 from .health import Health
+from .lifecycle import Service
 
 
 class Engine(Protocol):
@@ -41,7 +42,7 @@ class Transport(Protocol):
     async def close(self) -> None: ...
 
 
-class EngineService:
+class EngineService(Service):
     name = "nemotron"
 
     def __init__(self, service: str, model_path: Path, max_sessions: int) -> None:

@@ -19,7 +19,7 @@ import time
 from loguru import logger
 from nemotron_common.config import ConfigError
 from nemotron_common.health import Health
-from nemotron_common.lifecycle import Progress
+from nemotron_common.lifecycle import Progress, Service
 
 from .config import LLMConfig
 
@@ -53,7 +53,7 @@ async def http_status(host: str, port: int, path: str, timeout: float = 3.0) -> 
         writer.close()
 
 
-class LLMService:
+class LLMService(Service):
     name = "nemotron-llm"
 
     def __init__(self, config: LLMConfig, argv: list[str], env: dict[str, str] | None = None) -> None:
