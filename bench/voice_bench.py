@@ -2,8 +2,9 @@
 
 Each simulated conversation does what the bots do, against running ASR, LLM and TTS servers:
 streams speech in real time over the ASR WebSocket and hard-resets at its end; sends the final
-transcript to the LLM's ``/completion`` (streamed, its own slot, cached prompt); streams the reply's
-first sentence to TTS over ``/ws/tts/stream``. It measures end of speech -> final transcript ->
+transcript to the LLM's ``/completion`` (streamed, its own slot, cached prompt, read to its end);
+streams the reply's first sentence to TTS over ``/ws/tts/stream`` as soon as it is complete, while
+the LLM generates the rest. It measures end of speech -> final transcript ->
 first LLM token -> first sentence -> first audio byte, and reports p50/p95 of each hop for each
 number of concurrent conversations, and of each service's own share (ASR: end of speech to final;
 LLM: final to first token; TTS: first sentence to first audio). ``--llm-load N`` keeps N more
@@ -68,31 +69,42 @@ async def _transcribe(session: aiohttp.ClientSession, url: str, pcm: bytes,
 
 
 async def _reply(session: aiohttp.ClientSession, url: str, text: str, slot: int, headers: dict,
-                 marks: dict) -> str:
-    """The bots' request: streamed ``/completion`` in the conversation's own slot, prompt cached.
-    Marks the first token and the first sentence; returns the first sentence."""
+                 marks: dict, first: asyncio.Future) -> None:
+    """The bots' request: streamed ``/completion`` in the conversation's own slot, prompt cached,
+    read to its end as a bot reads it. Marks the first token; hands the first sentence to ``first``
+    as soon as it is complete, so that it is spoken while the rest of the reply is generated."""
     prompt = f"{SYSTEM}<|im_start|>user\n{text}<|im_end|>\n<|im_start|>assistant\n"
     body = {"prompt": prompt, "stream": True, "n_predict": 64, "id_slot": slot, "cache_prompt": True,
             "temperature": 0.7}
     reply, tokens = "", 0
-    async with session.post(url + "/completion", json=body, headers=headers) as response:
-        response.raise_for_status()
-        async for raw in response.content:
-            line = raw.decode().strip()
-            if not line.startswith("data: "):
-                continue
-            event = json.loads(line[6:])
-            if event.get("content"):
-                marks.setdefault("first_token", time.perf_counter())
-                reply += event["content"]
-                tokens += 1
-                if SENTENCE_END.search(reply) or tokens >= FIRST_SENTENCE_TOKENS:
+
+    def hand_over() -> None:
+        if not first.done():
+            marks["first_sentence"] = time.perf_counter()
+            cut = SENTENCE_END.search(reply)
+            first.set_result((reply[:cut.end()] if cut else reply).strip() or "Okay.")
+
+    try:
+        async with session.post(url + "/completion", json=body, headers=headers) as response:
+            response.raise_for_status()
+            async for raw in response.content:
+                line = raw.decode().strip()
+                if not line.startswith("data: "):
+                    continue
+                event = json.loads(line[6:])
+                if event.get("content"):
+                    marks.setdefault("first_token", time.perf_counter())
+                    reply += event["content"]
+                    tokens += 1
+                    if SENTENCE_END.search(reply) or tokens >= FIRST_SENTENCE_TOKENS:
+                        hand_over()
+                if event.get("stop"):
                     break
-            if event.get("stop"):
-                break
-    marks["first_sentence"] = time.perf_counter()
-    cut = SENTENCE_END.search(reply)
-    return (reply[:cut.end()] if cut else reply).strip() or "Okay."
+        hand_over()
+    except Exception as exc:
+        if not first.done():
+            first.set_exception(exc)
+        raise
 
 
 async def _speak(session: aiohttp.ClientSession, url: str, sentence: str, headers: dict) -> float:
@@ -117,8 +129,13 @@ async def _conversation(urls: dict, index: int, slots: int, seconds: float, head
         text, end_of_speech = await _transcribe(session, urls["asr"], pcm, headers)
         final_at = time.perf_counter()
         marks: dict = {}
-        sentence = await _reply(session, urls["llm"], text or "Hello.", index % slots, headers, marks)
-        audio_at = await _speak(session, urls["tts"], sentence, headers)
+        first: asyncio.Future = asyncio.get_running_loop().create_future()
+        replying = asyncio.create_task(_reply(session, urls["llm"], text or "Hello.", index % slots,
+                                              headers, marks, first))
+        try:
+            audio_at = await _speak(session, urls["tts"], await first, headers)
+        finally:
+            await replying  # the rest of the reply, generated while the first sentence is spoken
     if not text.split():
         raise RuntimeError("the ASR model heard no words: a silent model measures nothing")
     if "first_token" not in marks:
@@ -128,7 +145,7 @@ async def _conversation(urls: dict, index: int, slots: int, seconds: float, head
             "first_sentence_ms": ms(marks["first_sentence"]), "first_audio_ms": ms(audio_at),
             "asr_ms": ms(final_at), "llm_ms": ms(marks["first_token"], final_at),
             "tts_ms": ms(audio_at, marks["first_sentence"]),
-            "words": len(text.split()), "sentence_chars": len(sentence)}
+            "words": len(text.split()), "sentence_chars": len(first.result())}
 
 
 def _percentiles(rows: list[dict], keys: tuple[str, ...]) -> dict:
