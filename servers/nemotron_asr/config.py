@@ -27,6 +27,9 @@ class ASRConfig:
     dtype: str = setting("auto", "encoder precision (auto = bfloat16 on CUDA, float32 on CPU)",
                          choices=("auto", "float32", "bfloat16", "float16"))
     cuda_graphs: bool = setting(True, "replay encoder steps from CUDA graphs (CUDA only)")
+    engine_host: str = setting("process", "where the model runs: a process of its own (the event loop's "
+                               "per-frame work never holds its GIL) or a thread of the server's",
+                               choices=("process", "thread"))
     cpu_threads: int = setting(0, "torch intra-op threads (0 = 1 on a GPU, the usable cores on the CPU)")
     # A voice-agent host serves a few conversations at once, and GPU memory follows these two (on a
     # DGX Spark, memory the LLM shares): 64 fits a Spark next to the LLM; a GPU of its own takes 512.

@@ -155,6 +155,22 @@ class Engine(StreamCommands):
         return not self.failed.is_set() and time.monotonic() - self.heartbeat < stall_s
 
     @property
+    def steps(self) -> dict:
+        """Per step kind: counts and mean phase times (for /health)."""
+        return self.stats.summary()
+
+    @property
+    def step_totals(self) -> dict:
+        """Per step kind: cumulative counts and phase milliseconds (for /metrics)."""
+        return self.stats.totals()
+
+    @property
+    def gpu_memory_bytes(self) -> int:
+        from nemotron_common.metrics import cuda_memory_reserved
+
+        return cuda_memory_reserved()
+
+    @property
     def active_streams(self) -> int:
         return len(self._streams)
 

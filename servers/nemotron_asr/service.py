@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from loguru import logger
 from nemotron_common.access import Access
@@ -11,6 +12,9 @@ from nemotron_common.service import EngineService
 
 from .config import ASRConfig
 from .engine_process import RemoteEngine
+
+if TYPE_CHECKING:
+    from .engine import Engine
 from .transport import Transport
 
 
@@ -20,7 +24,7 @@ class ASRService(EngineService):
     def __init__(self, config: ASRConfig, model_path: Path) -> None:
         super().__init__("asr", model_path, config.max_sessions)
         self.config = config
-        self.engine: RemoteEngine | None = None
+        self.engine: RemoteEngine | Engine | None = None
         access = Access.from_settings(config.api_key_file, config.allowed_origins)
         logger.info(f"access: {access.describe()}")
         self.transport = Transport(self.health, config.host, config.port, config.max_sessions,
@@ -32,10 +36,14 @@ class ASRService(EngineService):
                 "gpu_memory_mib": round(self.engine.gpu_memory_bytes / 2**20)}
 
     def load_and_warm_up(self, progress: Progress) -> str:
-        # The model and engine live in a child process (see engine_process.py); this one serves.
-        self.engine = RemoteEngine(self.config, self.model_path)
-        self.engine.start(progress)
-        self.device_text = self.engine.device_text
+        if self.config.engine_host == "process":  # this process serves, a child runs the model
+            self.engine = RemoteEngine(self.config, self.model_path)
+            self.engine.start(progress)
+            self.device_text, warmup_s = self.engine.device_text, self.engine.warmup_s
+        else:
+            from .loading import load_engine
+
+            self.engine, self.device_text, warmup_s = load_engine(self.config, self.model_path, progress)
         self.transport.engine = self.engine
         self.watch()
-        return f"ready on {self.device_text}; warmup {self.engine.warmup_s:.2f} s"
+        return f"ready on {self.device_text}; warmup {warmup_s:.2f} s (engine in a {self.config.engine_host})"

@@ -37,6 +37,9 @@ class TTSConfig:
                                   "its receptive field")
     max_frames: int = setting(0, "codec frames per sentence at most (0 = the model's own limit)")
     cpu_threads: int = setting(0, "torch intra-op threads (0 = 1 on a GPU, the usable cores on the CPU)")
+    engine_host: str = setting("thread", "where the model runs: a thread of the server's, or a process of "
+                               "its own (the event loop's work never holds its GIL)",
+                               choices=("thread", "process"))
     max_batch: int = setting(16, "most segments generated together in one batch", check=positive)
     gather_ms: float = setting(5.0, "an idle engine gathers a burst of segments in steps of this long "
                                     "(a lone segment waits a fifth of it)")

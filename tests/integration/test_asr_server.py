@@ -19,10 +19,12 @@ pytestmark = pytest.mark.slow
 MAX_SESSIONS = 3
 
 
-@pytest.fixture(scope="module")
-def server(tiny_asr_model):
+@pytest.fixture(scope="module", params=["process", "thread"])
+def server(request, tiny_asr_model):
+    """The server with its engine in a child process (the default) and in a thread: the same contract."""
     proc = ServerProcess("nemotron_asr", ["--model", str(tiny_asr_model), "--max-sessions", str(MAX_SESSIONS),
-                                          "--max-frame-bytes", "64000", "--right-context", "1"],
+                                          "--max-frame-bytes", "64000", "--right-context", "1",
+                                          "--engine-host", request.param],
                          env={"WATCHDOG_USEC": "1000000", "JOURNAL_STREAM": "8:1"})
     proc.wait_listening()
     proc.health_while_starting = proc.health()
@@ -72,10 +74,11 @@ def test_health_endpoints(server):
 
 def test_journal_priorities_in_the_log(server):
     assert "<5>" in server.log() and "ready on cpu" in server.log()
+    assert ("engine in a process" in server.log()) != ("engine in a thread" in server.log())
 
 
-def test_the_engine_process_uses_the_cores_it_may(server):
-    """On the CPU the default is every core in the affinity mask, set on purpose in the engine child."""
+def test_the_engine_uses_the_cores_it_may(server):
+    """On the CPU the default is every core in the affinity mask, set on purpose where the engine runs."""
     assert f"torch intra-op threads: {len(os.sched_getaffinity(0))}" in server.log()
 
 
