@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-
-import torch
 
 from .interface import RequestError
 from .text import normalize
@@ -14,7 +13,7 @@ __all__ = ["Catalog", "Prepared", "RequestError"]
 
 @dataclass(frozen=True)
 class Prepared:
-    chunks: list[torch.Tensor]
+    chunks: list[Sequence[int]]  # token ids per sentence chunk: tensors in-process, lists for a child
     speaker: int
     text: str
 
@@ -26,13 +25,13 @@ def _optional_string(value: object, field: str) -> str | None:
 
 
 class Catalog:
-    def __init__(self, voices: list[str], default_voice: str, languages: list[str], tokenize,
-                 max_text_chars: int = 4000) -> None:
+    def __init__(self, voices: list[str], default_voice: str, languages: list[str],
+                 tokenize: Callable[[str, str], list], max_text_chars: int = 4000) -> None:
         self.voices = {name: index for index, name in enumerate(voices)}
         self.default_voice = default_voice
         self.languages = languages
         self.max_text_chars = max_text_chars
-        self._tokenize = tokenize
+        self.tokenize = tokenize  # (text, language) -> token ids per sentence chunk
 
     def voice(self, name: object) -> int:
         name = (_optional_string(name, "voice") or self.default_voice).strip().lower()
@@ -60,7 +59,7 @@ class Catalog:
         clean = normalize(text)
         if not clean:
             raise RequestError("text has nothing speakable after normalisation")
-        chunks = self._tokenize(clean, code)
+        chunks = self.tokenize(clean, code)
         if not chunks or all(len(chunk) <= 1 for chunk in chunks):
             raise RequestError(f"text has no characters the {code!r} tokenizer knows")
         return Prepared(chunks, speaker, clean)

@@ -24,6 +24,7 @@ class TTSMetrics:
                                   "(complete, failed, cancelled)", ("endpoint", "outcome"))
         self.errors = m.counter("errors", "Requests and messages refused or failed, by kind", ("kind",))
         self._state = state
+        self.gpu_memory = cuda_memory_reserved  # the engine's process may be another one
         m.at_scrape(self._collect)
 
     def started(self, jobs: list) -> None:
@@ -41,5 +42,5 @@ class TTSMetrics:
             yield m.gauge(name, {"sessions": "Open WebSocket streams",
                                  "http_requests": "Speech requests over HTTP in progress",
                                  "queued_segments": "Segments waiting for the engine"}[name], value)
-        yield m.gauge("gpu_memory_reserved_bytes", "GPU memory this process's allocator holds",
-                      cuda_memory_reserved())
+        yield m.gauge("gpu_memory_reserved_bytes", "GPU memory the engine's allocator holds",
+                      self.gpu_memory())

@@ -146,3 +146,12 @@ def scrape(base: str, headers: dict[str, str] | None = None) -> dict[tuple[str, 
         text = response.read().decode()
     return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
             for family in text_string_to_metric_families(text) for sample in family.samples}
+
+
+def engine_process_of(pid: int) -> int:
+    """The pid of the server's engine process (the child multiprocessing spawned; another child
+    may be multiprocessing's resource tracker)."""
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    spawned = [int(c) for c in children if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()]
+    assert len(spawned) == 1, children
+    return spawned[0]

@@ -5,11 +5,10 @@ import json
 import os
 import signal
 import time
-from pathlib import Path
 
 import pytest
 from helpers.asr_client import ASRClient, pcm_as_float, to_pcm
-from helpers.process import ServerProcess, get_json, scrape
+from helpers.process import ServerProcess, engine_process_of, get_json, scrape
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
@@ -270,15 +269,6 @@ def test_sigterm_drains_open_sessions_with_their_final(tiny_asr_model, offline):
     assert code == 1001
     fields = proc.notify.fields()
     assert "STOPPING=1" in fields and fields.index("STOPPING=1") > fields.index("READY=1")
-
-
-def engine_process_of(pid: int) -> int:
-    """The pid of the server's engine process (the child multiprocessing spawned; another child
-    may be multiprocessing's resource tracker)."""
-    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    spawned = [int(c) for c in children if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()]
-    assert len(spawned) == 1, children
-    return spawned[0]
 
 
 def test_a_dead_engine_process_fails_open_sessions_and_the_service(tiny_asr_model):

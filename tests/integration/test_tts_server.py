@@ -3,6 +3,7 @@
 import asyncio
 import io
 import json
+import os
 import signal
 import socket
 import time
@@ -12,7 +13,7 @@ import wave
 
 import numpy as np
 import pytest
-from helpers.process import ServerProcess, get_json, scrape
+from helpers.process import ServerProcess, engine_process_of, get_json, scrape
 from helpers.tts_client import TTSClient
 
 pytestmark = pytest.mark.slow
@@ -21,10 +22,12 @@ TEXT = "Hello there, friend. How are you today?"
 SAMPLES_PER_FRAME = 1024
 
 
-@pytest.fixture(scope="module", params=["fixed", "continuous"])
+@pytest.fixture(scope="module", params=["fixed", "continuous", "process"])
 def server(tiny_tts_model, request):
-    """The whole contract is checked with fixed batches and with continuous batching."""
-    mode = ["--continuous-batching"] if request.param == "continuous" else []
+    """The whole contract is checked with fixed batches, with continuous batching, and with the engine
+    in a process of its own (fixed batches)."""
+    mode = {"fixed": [], "continuous": ["--continuous-batching"],
+            "process": ["--engine-host", "process"]}[request.param]
     proc = ServerProcess("nemotron_tts", ["--model", str(tiny_tts_model), "--device", "cpu", *mode,
                                           "--seed", str(SEED), "--max-sessions", "6", "--max-batch", "8",
                                           "--idle-timeout", "2", "--cpu-threads", "1"],
@@ -34,6 +37,7 @@ def server(tiny_tts_model, request):
     proc.speech_while_starting = post(proc, {"input": "too early"})
     proc.wait_ready()
     proc.ws = f"ws://127.0.0.1:{proc.port}/ws/tts/stream"
+    proc.engine_host = "process" if request.param == "process" else "thread"
     yield proc
     proc.terminate()
 
@@ -62,6 +66,7 @@ def test_readiness_reported_to_systemd_after_warmup(server):
     assert any(f.startswith("STATUS=warming up") for f in before)
     assert server.notify.wait_for("WATCHDOG=1", timeout=5)
     assert "<5>" in server.log() and "ready on cpu" in server.log()
+    assert f"(engine in a {server.engine_host})" in server.log()
     assert "torch intra-op threads: 1" in server.log()
     for path in ("/health", "/v1/health/ready", "/v1/health/live"):
         status, body = server.health(path)
@@ -399,3 +404,16 @@ def test_sigterm_drains_queued_segments_then_closes(tiny_tts_model):
     assert [c["segment"] for c in completes] == [1, 2]
     assert close_frame is not None and close_frame.code == 1001
     assert status == 200 and len(pcm) > 0 and len(pcm) % (2 * SAMPLES_PER_FRAME) == 0
+
+
+def test_a_dead_engine_process_fails_the_service(tiny_tts_model):
+    proc = ServerProcess("nemotron_tts", ["--model", str(tiny_tts_model), "--device", "cpu",
+                                          "--cpu-threads", "1", "--engine-host", "process"])
+    proc.wait_ready()
+    try:
+        os.kill(engine_process_of(proc.process.pid), signal.SIGKILL)
+        code = proc.process.wait(30)
+    finally:
+        proc.terminate()
+    assert code != 0
+    assert "TTS engine failed" in proc.log() and "exit code -9" in proc.log()
