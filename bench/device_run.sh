@@ -8,7 +8,8 @@
 #   bash bench/device_run.sh tts-probes asr-profile
 # Parts: asr (eager and graphs, 1-512 streams), asr-baseline (graphs, 64-512 streams, the servers in
 # $BASELINE_SERVERS), asr-spread (graphs, starts spread over one 160 ms
-# chunk), tts (CFG and no CFG, 1/16/64 streams, 3 rounds),
+# chunk), tts (CFG and no CFG, 1/16/64 streams, 3 rounds), tts-process (CFG, the engine in a thread
+# and in a process, 1-128 streams),
 # tts-codec (codec call: carried states, eager and graphs, against windowed), tts-codec-served
 # (served with carried states against windowed, CFG),
 # tts-probes (first audio in process, continuous-batching costs), asr-profile (512-stream step),
@@ -29,6 +30,8 @@ for part in "$@"; do
                         --streams 256,512 --spread-ms 160 --out "$results/asr-spread" 2>&1 | tail -5 ;;
         tts) timeout 300 python bench/tts_bench.py --model /tmp/tts-real.nemo --configs cfg,no-cfg \
                  --streams 1,16,64 --repeats 3 --out "$results/tts" 2>&1 | grep -v '^{' | tail -10 ;;
+        tts-process) timeout 400 python bench/tts_bench.py --model /tmp/tts-real.nemo --configs cfg,cfg-process \
+                         --streams 1,16,64,128 --repeats 3 --out "$results/tts-process" 2>&1 | grep -v '^{' | tail -12 ;;
         tts-codec) python bench/probes/tts_codec_profile.py /tmp/tts-real.nemo > "$results/tts_codec.txt" 2>&1
                    grep -A16 '^{' "$results/tts_codec.txt" ;;
         tts-codec-served) timeout 300 python bench/tts_bench.py --model /tmp/tts-real.nemo \

@@ -37,7 +37,10 @@ CONFIGS = {"cfg": ["--cfg"], "no-cfg": ["--no-cfg"],
            "cfg-continuous": ["--cfg", "--continuous-batching"],
            # each streamed chunk re-decodes the codec's receptive field instead of carrying its states
            "cfg-windowed-codec": ["--cfg", "--no-carried-codec"],
-           "no-cfg-continuous": ["--no-cfg", "--continuous-batching"]}
+           "no-cfg-continuous": ["--no-cfg", "--continuous-batching"],
+           # the engine in a process of its own, as ASR runs it
+           "cfg-process": ["--cfg", "--engine-host", "process"],
+           "cfg-continuous-process": ["--cfg", "--continuous-batching", "--engine-host", "process"]}
 
 
 async def _one_stream(url: str, preset: str, sample_rate: int, delay_s: float = 0.0) -> dict:
