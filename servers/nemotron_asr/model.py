@@ -90,7 +90,6 @@ class StreamingModel:
         self.uses_graphs = cuda_graphs and self.device.type == "cuda"
         buckets = sorted({b for b in graph_buckets if b < max_streams} | {max_streams})
         self.buckets = buckets
-        self._graph_pool = torch.cuda.graph_pool_handle() if self.uses_graphs else None
         self.steps: dict[str, EagerStep | GraphStep] = {}
         self.decoder = DecoderPool(self.model, max_streams, self.device)
 
@@ -102,7 +101,7 @@ class StreamingModel:
                     if progress:
                         progress(f"capturing CUDA graphs for {kind.name} steps", 300)
                     self.steps[kind.name] = GraphStep(self.encoder, kind, self.pool, self.buckets,
-                                                      self.dtype, self._graph_pool)
+                                                      self.dtype)
                 else:
                     self.steps[kind.name] = EagerStep(self.encoder, kind, self.pool)
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import torch
 from loguru import logger
+from nemotron_common.cuda_graphs import capture
 from nemotron_common.devices import index_tensor
 
 
@@ -101,30 +102,24 @@ class GraphStep:
     """Replays a captured step, cache gather and scatter included; batches are padded up to the
     smallest bucket that holds them, the padding rows pointing at the pool's padding slot."""
 
-    def __init__(self, encoder, kind: StepKind, pool: CachePool, buckets: list[int], dtype: torch.dtype,
-                 graph_pool) -> None:
+    def __init__(self, encoder, kind: StepKind, pool: CachePool, buckets: list[int],
+                 dtype: torch.dtype) -> None:
         self.eager = EagerStep(encoder, kind, pool)
         self.kind, self.pool = kind, pool
         self.graphs: dict[int, tuple] = {}
         for size in sorted(buckets):
-            self.graphs[size] = self._capture(encoder, size, dtype, graph_pool)
+            self.graphs[size] = self._capture(encoder, size, dtype)
         logger.debug(f"captured {kind.name} encoder step for batch sizes {sorted(buckets)}")
 
-    def _capture(self, encoder, size: int, dtype: torch.dtype, graph_pool):
+    def _capture(self, encoder, size: int, dtype: torch.dtype):
         device = next(encoder.parameters()).device
         features = torch.zeros(size, encoder._feat_in, self.kind.frames, device=device, dtype=dtype)
         lengths = torch.full((size,), self.kind.frames, device=device, dtype=torch.long)
         index = torch.full((size,), self.pool.padding_slot, device=device, dtype=torch.long)
         inputs = (features, lengths, index)
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for _ in range(3):  # warm up kernels and the allocator outside the capture
-                self.eager(*inputs)
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=graph_pool):
-            outputs = self.eager(*inputs)
+        # The outputs stay in the pool: each step's are consumed (decoded) on the engine's stream
+        # before the next encoder step replays.
+        graph, outputs = capture(lambda: self.eager(*inputs), warmup_runs=3, copy_outputs=False)
         return graph, inputs, outputs
 
     def __call__(self, features, lengths, index):

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+from nemotron_common.cuda_graphs import capture
 
 BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 
@@ -59,48 +60,7 @@ class GraphPool:
         return len(self._graphs) + len(self._calls)
 
 
-_shared_pool = None
-
-
-def _pool():
-    """One memory pool for every TTS graph. They replay one at a time on the engine's stream, so
-    each graph's scratch may reuse another's; a private pool per graph and bucket held gigabytes."""
-    global _shared_pool
-    if _shared_pool is None:
-        _shared_pool = torch.cuda.graph_pool_handle()
-    return _shared_pool
-
-
-def _like(value):
-    """Fresh buffers of ``value``'s tensors' shapes (structure kept, non-tensors as they are)."""
-    if isinstance(value, torch.Tensor):
-        return torch.empty_like(value)
-    if isinstance(value, (tuple, list)):
-        return type(value)(_like(v) for v in value)
-    return value
-
-
-def _copy(target, source) -> None:
-    if isinstance(target, torch.Tensor):
-        target.copy_(source)
-    elif isinstance(target, (tuple, list)):
-        for t, s in zip(target, source, strict=True):
-            _copy(t, s)
-
-
 def _record(function: Callable[[], object]) -> tuple[torch.cuda.CUDAGraph, object]:
-    """Capture ``function`` in a graph, after two runs that warm up kernels and the allocator.
-
-    The graph copies its results into buffers allocated outside the shared pool: a later graph's
-    scratch could otherwise overlap them, and a caller may read a result after another replay."""
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for _ in range(2):
-            warm = function()
-    torch.cuda.current_stream().wait_stream(stream)
-    outputs = _like(warm)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph, pool=_pool()):
-        _copy(outputs, function())
-    return graph, outputs
+    """Capture ``function`` after two warm-up runs; its results are copied out of the shared pool,
+    since a caller may read one after another graph replayed."""
+    return capture(function, warmup_runs=2, copy_outputs=True)
