@@ -134,9 +134,15 @@ def _metadata(writer, shape: Shape, tokens: list[str], types: list[int]) -> None
     writer.add_expert_weights_scale(2.5)
     writer.add_expert_group_count(1)
     writer.add_file_type(gguf.LlamaFileType.MOSTLY_Q8_0)
+    add_chatml_vocabulary(writer, tokens, types, [-float(i) for i in range(len(tokens))])
+
+
+def add_chatml_vocabulary(writer, tokens: list[str], types: list[int], scores: list[float]) -> None:
+    """A SentencePiece-style vocabulary whose tokens 0-4 are <unk>, <s>, </s>, <|im_start|>,
+    <|im_end|>, with a chatml template: what the bots' prompts and llama-server's chat endpoint need."""
     writer.add_tokenizer_model("llama")
     writer.add_token_list(tokens)
-    writer.add_token_scores([-float(i) for i in range(len(tokens))])
+    writer.add_token_scores(scores)
     writer.add_token_types(types)
     writer.add_bos_token_id(1)
     writer.add_eos_token_id(4)  # <|im_end|> ends a chatml turn

@@ -6,8 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-CHATML = ("{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}"
-          "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+from random_models.llm import add_chatml_vocabulary
 
 
 def _vocab() -> tuple[list[str], list[int]]:
@@ -47,15 +46,7 @@ def write(path: Path, dim: int = 64, layers: int = 2, heads: int = 4, seed: int 
         writer.add_rope_dimension_count(dim // heads)
     writer.add_layer_norm_rms_eps(1e-5)
     writer.add_file_type(gguf.LlamaFileType.ALL_F32)
-    writer.add_tokenizer_model("llama")
-    writer.add_token_list(tokens)
-    writer.add_token_scores([0.0] * vocab)
-    writer.add_token_types(types)
-    writer.add_bos_token_id(1)
-    writer.add_eos_token_id(4)  # <|im_end|> ends a chatml turn
-    writer.add_unk_token_id(0)
-    writer.add_add_bos_token(False)
-    writer.add_chat_template(CHATML)
+    add_chatml_vocabulary(writer, tokens, types, [0.0] * vocab)
 
     def tensor(name: str, *shape: int, scale: float = 0.02) -> None:
         writer.add_tensor(name, (rng.standard_normal(shape) * scale).astype(np.float32))
