@@ -44,7 +44,7 @@ case ${1:?build or run} in
         "$server" --version > "$results/llama-server-version.txt" 2>&1
         timeout 520 python bench/voice_stack.py --asr-model /tmp/asr-real.nemo --tts-model /tmp/tts-real.nemo \
             --llm-model /tmp/nano.gguf --llama-server "$server" --conversations "${CONVERSATIONS:-1,4,16}" \
-            --llm-load "${LLM_LOAD:-0,4}" --out "$results" 2>&1 | grep -v '^\[{' | tail -16
+            --llm-load "${LLM_LOAD:-0,4}" --turns "${TURNS:-3}" --out "$results" 2>&1 | grep -v '^\[{' | tail -16
         cp /tmp/voice-build.log "$results/" 2>/dev/null
         tar -czf "$out/voice.tgz" -C "$results" . && rm -rf "$results" ;;
     tts)

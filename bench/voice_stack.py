@@ -85,8 +85,9 @@ async def llm_speed(url: str, batches: list[int], tokens: int = 128) -> list[dic
 @click.option("--llm-load", default="0,4", show_default=True)
 @click.option("--seconds", default=3.0, show_default=True)
 @click.option("--rounds", default=2, show_default=True)
+@click.option("--turns", default=1, show_default=True, help="user turns per conversation")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True)
-def main(asr_model, tts_model, llm_model, llama_server, conversations, llm_load, seconds, rounds,
+def main(asr_model, tts_model, llm_model, llama_server, conversations, llm_load, seconds, rounds, turns,
          out) -> None:
     """Start the three servers, measure voice to voice, stop them."""
     out.mkdir(parents=True, exist_ok=True)
@@ -96,7 +97,8 @@ def main(asr_model, tts_model, llm_model, llama_server, conversations, llm_load,
         "asr": ["-m", "nemotron_asr", "--model", str(asr_model), "--port", str(PORTS["asr"])],
         "tts": ["-m", "nemotron_tts", "--model", str(tts_model), "--port", str(PORTS["tts"])],
         "llm": ["-m", "nemotron_llm", "--model", str(llm_model), "--llama-server", str(llama_server),
-                "--port", str(PORTS["llm"]), "--parallel", str(parallel), "--ctx-size", str(2048 * parallel)],
+                "--port", str(PORTS["llm"]), "--parallel", str(parallel),
+                "--ctx-size", str(2048 * turns * parallel)],
     }
     logs = {name: (out / f"{name}.log").open("w") for name in commands}
     processes, started = {}, {}
@@ -117,6 +119,7 @@ def main(asr_model, tts_model, llm_model, llama_server, conversations, llm_load,
                               "--tts", f"ws://127.0.0.1:{PORTS['tts']}/ws/tts/stream",
                               "--conversations", conversations, "--slots", str(slots),
                               "--llm-load", llm_load, "--seconds", str(seconds), "--rounds", str(rounds),
+                              "--turns", str(turns),
                               "--out", str(out)])
         after_memory = _memory(processes)
     finally:

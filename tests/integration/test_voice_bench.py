@@ -24,7 +24,7 @@ def stack(tiny_asr_model, tiny_tts_model, tmp_path_factory):
     gguf = write(tmp_path_factory.mktemp("voice") / "tiny-nemotron-h-moe-Q8_0.gguf", "tiny")
     with speech_servers(tiny_asr_model, tiny_tts_model) as (asr, tts):
         llm = ServerProcess("nemotron_llm", ["--model", str(gguf), "--llama-server", llama_server(),
-                                             "--ctx-size", "2048", "--parallel", "3"])
+                                             "--ctx-size", "4096", "--parallel", "3"])
         try:
             assert llm.notify.wait_for("READY=1", timeout=60, process=llm.process), llm.log()
             yield asr, tts, llm
@@ -36,7 +36,7 @@ def test_every_hop_is_measured_in_order(stack, tmp_path):
     asr, tts, llm = stack
     run = subprocess.run([sys.executable, str(BENCH), "--asr", asr.ws_url, "--llm", llm.base,
                           "--tts", tts.ws_url + "ws/tts/stream", "--conversations", "1,2", "--slots", "2",
-                          "--seconds", "3", "--llm-load", "0,1", "--out", str(tmp_path)],
+                          "--seconds", "3", "--llm-load", "0,1", "--turns", "2", "--out", str(tmp_path)],
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
     levels = json.loads((tmp_path / "voice_bench.json").read_text())["levels"]
@@ -49,3 +49,5 @@ def test_every_hop_is_measured_in_order(stack, tmp_path):
         assert level["mean_words_heard"] > 0
         assert all(level["shares"][share]["p50"] > 0 for share in ("asr_ms", "llm_ms", "tts_ms")), level
         assert (level["background_tokens_per_s"] > 0) == (level["llm_load"] > 0), level
+        assert level["samples"] == 2 * level["conversations"]  # two turns each
+        assert level["later_turns"]["first_token_ms"]["p50"] > 0, level
