@@ -216,7 +216,14 @@ class _ChildEngine:
 
 
 def _load(config: TTSConfig, model_path: Path, codec_path: Path | None, progress, emit):
+    import sys
+
     from .loading import load_engine
+
+    # The engine thread keeps the GIL for up to the switch interval whenever another thread asks for
+    # it; here the asker is the thread applying the parent's commands, tokenising included, while the
+    # parent's event loop waits for the answer. The same 0.5 ms as in a service process.
+    sys.setswitchinterval(0.0005)
 
     loaded = load_engine(config, model_path, codec_path, progress)
     facts = {"sample_rate": loaded.sample_rate, "languages": list(loaded.catalog.languages),
