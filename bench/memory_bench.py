@@ -28,32 +28,7 @@ from websockets.asyncio.client import connect
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
-from serving import device_name, stop, wait_ready  # noqa: E402 - bench/ is not a package
-
-
-def _tree(pid: int) -> set[int]:
-    """``pid`` and all its descendants."""
-    pids, frontier = {pid}, [pid]
-    while frontier:
-        parent = frontier.pop()
-        try:
-            children = Path(f"/proc/{parent}/task/{parent}/children").read_text().split()
-        except OSError:
-            continue
-        for child in map(int, children):
-            if child not in pids:
-                pids.add(child)
-                frontier.append(child)
-    return pids
-
-
-def gpu_mib(pid: int) -> int:
-    """GPU memory (MiB) nvidia-smi reports for the process tree of ``pid``."""
-    query = ["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"]
-    out = subprocess.run(query, capture_output=True, text=True, check=True).stdout
-    tree = _tree(pid)
-    return sum(int(used) for line in out.splitlines() if line.strip()
-               for apid, used in [line.split(",")] if int(apid) in tree)
+from serving import device_name, gpu_mib, stop, wait_ready  # noqa: E402 - bench/ is not a package
 
 
 def reserved_mib(port: int, service: str) -> float:

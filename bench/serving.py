@@ -6,6 +6,7 @@ import signal
 import subprocess
 import time
 import urllib.request
+from pathlib import Path
 
 
 def wait_ready(port: int, process: subprocess.Popen, timeout: float) -> float:
@@ -36,3 +37,28 @@ def device_name() -> str:
     import torch
 
     return torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+
+
+def _tree(pid: int) -> set[int]:
+    """``pid`` and all its descendants."""
+    pids, frontier = {pid}, [pid]
+    while frontier:
+        parent = frontier.pop()
+        try:
+            children = Path(f"/proc/{parent}/task/{parent}/children").read_text().split()
+        except OSError:
+            continue
+        for child in map(int, children):
+            if child not in pids:
+                pids.add(child)
+                frontier.append(child)
+    return pids
+
+
+def gpu_mib(pid: int) -> int:
+    """GPU memory (MiB) nvidia-smi reports for the process tree of ``pid``."""
+    query = ["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"]
+    out = subprocess.run(query, capture_output=True, text=True, check=True).stdout
+    tree = _tree(pid)
+    return sum(int(used) for line in out.splitlines() if line.strip()
+               for apid, used in [line.split(",")] if int(apid) in tree)

@@ -32,7 +32,9 @@ import click
 import numpy as np
 
 if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # random_models
+    ROOT = Path(__file__).resolve().parents[1]
+    sys.path[:0] = [str(ROOT), str(ROOT / "servers")]  # random_models, nemotron_common
+from nemotron_common import ports  # noqa: E402 - after the path the script needs
 
 SYSTEM = ("<|im_start|>system\nYou are a helpful voice assistant. Answer in one or two short "
           "sentences.<|im_end|>\n")
@@ -237,9 +239,9 @@ async def sweep(urls: dict, levels: list[tuple[int, int]], slots: int, seconds: 
 
 
 @click.command()
-@click.option("--asr", "asr_url", default="ws://127.0.0.1:8080/", show_default=True)
-@click.option("--llm", "llm_url", default="http://127.0.0.1:8000", show_default=True)
-@click.option("--tts", "tts_url", default="ws://127.0.0.1:8001/ws/tts/stream", show_default=True)
+@click.option("--asr", "asr_url", default=f"ws://127.0.0.1:{ports.ASR}/", show_default=True)
+@click.option("--llm", "llm_url", default=f"http://127.0.0.1:{ports.LLM}", show_default=True)
+@click.option("--tts", "tts_url", default=f"ws://127.0.0.1:{ports.TTS}/ws/tts/stream", show_default=True)
 @click.option("--conversations", default="1,4,16", show_default=True,
               help="concurrent conversations, level by level")
 @click.option("--slots", default=1, show_default=True, help="the LLM's parallel slots (llm.parallel)")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import statistics
 import subprocess
 import sys
@@ -21,33 +22,19 @@ from pathlib import Path
 
 import click
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from serving import device_name, stop, wait_ready  # noqa: E402 - bench scripts run as files
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT / "bench"), str(ROOT / "servers")]
+from nemotron_common import ports  # noqa: E402 - bench scripts run as files
+from serving import device_name, gpu_mib, stop, wait_ready  # noqa: E402
 
-PORTS = {"asr": 8080, "tts": 8001, "llm": 8000}
-
-
-def gpu_memory_mib() -> dict[int, int]:
-    """MiB of GPU memory per process id, from nvidia-smi (empty without a GPU)."""
-    try:
-        out = subprocess.run(["nvidia-smi", "--query-compute-apps=pid,used_memory",
-                              "--format=csv,noheader,nounits"], capture_output=True, text=True, timeout=30)
-    except FileNotFoundError:
-        return {}
-    rows = [line.split(",") for line in out.stdout.splitlines() if line.strip()]
-    return {int(pid): int(mib) for pid, mib in rows}
+PORTS = {"asr": ports.ASR, "tts": ports.TTS, "llm": ports.LLM}
 
 
 def _memory(processes: dict) -> dict:
-    """Each server's GPU memory; the LLM's is its backend's, a child of the supervisor."""
-    used = gpu_memory_mib()
-    out = {}
-    for name, process in processes.items():
-        pids = {process.pid}
-        children = subprocess.run(["pgrep", "-P", str(process.pid)], capture_output=True, text=True).stdout
-        pids |= {int(pid) for pid in children.split()}
-        out[name] = sum(used.get(pid, 0) for pid in pids)
-    return out
+    """Each server's GPU memory (its process tree's: the LLM's is its backend's); none without a GPU."""
+    if not shutil.which("nvidia-smi"):
+        return {}
+    return {name: gpu_mib(process.pid) for name, process in processes.items()}
 
 
 async def llm_speed(url: str, batches: list[int], tokens: int = 128) -> list[dict]:
