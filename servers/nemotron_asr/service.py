@@ -12,10 +12,10 @@ from nemotron_common.service import EngineService
 
 from .config import ASRConfig
 from .engine_process import RemoteEngine
+from .transport import Transport
 
 if TYPE_CHECKING:
     from .engine import Engine
-from .transport import Transport
 
 
 class ASRService(EngineService):

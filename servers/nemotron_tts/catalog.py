@@ -33,6 +33,12 @@ class Catalog:
         self.max_text_chars = max_text_chars
         self.tokenize = tokenize  # (text, language) -> token ids per sentence chunk
 
+    @classmethod
+    def from_config(cls, config, languages: list[str], tokenize: Callable[[str, str], list]) -> Catalog:
+        """The voices and text limit a ``TTSConfig`` sets, the model's languages and tokenizer."""
+        return cls(config.voice_names, config.default_voice.lower(), list(languages), tokenize,
+                   config.max_text_chars)
+
     def voice(self, name: object) -> int:
         name = (_optional_string(name, "voice") or self.default_voice).strip().lower()
         if name not in self.voices:

@@ -89,6 +89,13 @@ class Engine:
         return not self.failed.is_set() and (not self.busy or time.monotonic() - self.heartbeat < stall_s)
 
     @property
+    def gpu_memory_bytes(self) -> int:
+        """What this process's caching allocator holds (the same name as the engine process's)."""
+        from nemotron_common.metrics import cuda_memory_reserved
+
+        return cuda_memory_reserved()
+
+    @property
     def queued(self) -> int:
         return len(self._jobs)
 

@@ -53,11 +53,10 @@ class RemoteEngine:
         self._lock = threading.Lock()
         self._summary: dict = {"queued": 0}
         self.gpu_memory_bytes = 0
-        self.ready: dict = {}  # the model's facts, from the child at READY
 
     def start(self, progress: Callable[[str, float], None]) -> dict:
-        self.ready = self._host.start(progress)
-        return self.ready
+        """Start the child and wait until it has loaded and warmed up; returns the model's facts."""
+        return self._host.start(progress)
 
     def stop(self, timeout: float = 5.0) -> None:
         with self._lock:

@@ -50,8 +50,7 @@ def load_engine(config: TTSConfig, model_path: Path, codec_path: Path | None, pr
                 f"languages {', '.join(model.languages)}")
     if graphs := model.capture(config.max_batch):
         logger.info(f"captured {graphs} CUDA graphs of the decoder step, sampling and codec")
-    catalog = Catalog(config.voice_names, config.default_voice.lower(), list(model.languages),
-                      model.tokenize, config.max_text_chars)
+    catalog = Catalog.from_config(config, model.languages, model.tokenize)
     engine = Engine(model, config.max_batch, seed=config.seed, gather_s=config.gather_ms / 1000,
                     continuous=config.continuous_batching)
     engine.start()

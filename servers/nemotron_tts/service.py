@@ -35,24 +35,15 @@ class TTSService(EngineService):
 
     def engine_details(self) -> dict:
         return {"engine": self.engine.summary(), "max_batch": self.config.max_batch,
-                "gpu_memory_mib": round(self._gpu_memory() / 2**20)}
-
-    def _gpu_memory(self) -> int:
-        from nemotron_common.metrics import cuda_memory_reserved
-
-        if isinstance(self.engine, RemoteEngine):
-            return self.engine.gpu_memory_bytes
-        return cuda_memory_reserved()
+                "gpu_memory_mib": round(self.engine.gpu_memory_bytes / 2**20)}
 
     def load_and_warm_up(self, progress: Progress) -> str:
         if self.config.engine_host == "process":  # this process serves, a child runs the model
             self.engine = RemoteEngine(self.config, self.model_path, self.codec_path)
             facts = self.engine.start(progress)
-            catalog = Catalog(self.config.voice_names, self.config.default_voice.lower(), facts["languages"],
-                              self.engine.tokenize, self.config.max_text_chars)
+            catalog = Catalog.from_config(self.config, facts["languages"], self.engine.tokenize)
             sample_rate, self.device_text = facts["sample_rate"], facts["device_text"]
             warmup_s = facts["warmup_s"]
-            self.transport.metrics.gpu_memory = self._gpu_memory
         else:
             from .loading import load_engine
 
@@ -62,6 +53,7 @@ class TTSService(EngineService):
         self.transport.catalog = catalog
         self.transport.sample_rate = sample_rate
         self.engine.metrics = self.transport.metrics  # from here on: the warmup's work is not counted
+        self.transport.metrics.gpu_memory = lambda: self.engine.gpu_memory_bytes
         self.transport.engine = self.engine
         self.watch()
         return f"ready on {self.device_text}; warmup {warmup_s:.2f} s (engine in a {self.config.engine_host})"
