@@ -6,8 +6,9 @@
 # Through the device tool (carry [".whl"]), for example:
 #   bash bench/device_run.sh asr tts            # about 8 minutes on an H200
 #   bash bench/device_run.sh tts-probes asr-profile
-# Parts: asr (eager and graphs, 1-512 streams), asr-baseline (graphs, 64-512 streams, the servers in
-# $BASELINE_SERVERS), asr-spread (graphs, starts spread over one 160 ms
+# Parts: asr (eager and graphs, 1-512 streams), asr-graphs (graphs, 1-512 streams), asr-baseline
+# (the same with the servers in $BASELINE_SERVERS), tts-cfg and tts-baseline (CFG, 1/16/64 streams,
+# 3 rounds, this checkout's servers and $BASELINE_SERVERS'), asr-spread (graphs, starts spread over one 160 ms
 # chunk), tts (CFG and no CFG, 1/16/64 streams, 3 rounds), tts-process (CFG, the engine in a thread
 # and in a process, 1-128 streams),
 # tts-codec (codec call: carried states, eager and graphs, against windowed), tts-codec-served
@@ -23,13 +24,20 @@ for part in "$@"; do
     case $part in
         asr) timeout 330 python bench/asr_bench.py --model /tmp/asr-real.nemo --out "$results/asr" 2>&1 |
                  tail -14 ;;
+        asr-graphs) timeout 250 python bench/asr_bench.py --model /tmp/asr-real.nemo --modes graphs \
+                        --out "$results/asr-graphs" 2>&1 | tail -7 ;;
         asr-baseline) timeout 250 python bench/asr_bench.py --model /tmp/asr-real.nemo --modes graphs \
-                          --streams 64,256,512 --servers "${BASELINE_SERVERS:?the baseline servers directory}" \
-                          --out "$results/asr-baseline" 2>&1 | tail -5 ;;
+                          --servers "${BASELINE_SERVERS:?the baseline servers directory}" \
+                          --out "$results/asr-baseline" 2>&1 | tail -7 ;;
         asr-spread) timeout 200 python bench/asr_bench.py --model /tmp/asr-real.nemo --modes graphs \
                         --streams 256,512 --spread-ms 160 --out "$results/asr-spread" 2>&1 | tail -5 ;;
         tts) timeout 300 python bench/tts_bench.py --model /tmp/tts-real.nemo --configs cfg,no-cfg \
                  --streams 1,16,64 --repeats 3 --out "$results/tts" 2>&1 | grep -v '^{' | tail -10 ;;
+        tts-cfg) timeout 250 python bench/tts_bench.py --model /tmp/tts-real.nemo --configs cfg \
+                     --streams 1,16,64 --repeats 3 --out "$results/tts-cfg" 2>&1 | grep -v '^{' | tail -6 ;;
+        tts-baseline) timeout 250 python bench/tts_bench.py --model /tmp/tts-real.nemo --configs cfg \
+                          --streams 1,16,64 --repeats 3 --servers "${BASELINE_SERVERS:?the baseline servers directory}" \
+                          --out "$results/tts-baseline" 2>&1 | grep -v '^{' | tail -6 ;;
         tts-process) timeout 400 python bench/tts_bench.py --model /tmp/tts-real.nemo --configs cfg,cfg-process \
                          --streams 1,16,64,128 --repeats 3 --out "$results/tts-process" 2>&1 | grep -v '^{' | tail -12 ;;
         tts-codec) python bench/probes/tts_codec_profile.py /tmp/tts-real.nemo > "$results/tts_codec.txt" 2>&1

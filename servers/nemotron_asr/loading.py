@@ -22,7 +22,7 @@ def load_engine(config: ASRConfig, model_path: Path,
                 progress: Callable[[str, float], None]) -> tuple[Engine, str, float]:
     """A running, warmed-up engine, the device it runs on and the warmup's seconds."""
     from nemotron_common import nemo_fixes
-    from nemotron_common.devices import set_cpu_threads
+    from nemotron_common.devices import memory_note, set_cpu_threads
     from nemotron_common.gpu import wait_for_devices
 
     wait_for_devices(config.device, progress)
@@ -39,6 +39,7 @@ def load_engine(config: ASRConfig, model_path: Path,
     streams = config.warmup_streams or min(config.max_batch, config.max_sessions)
     progress(f"warming up with {streams} streams", LOAD_BUDGET_S)
     warm_s = warm_up(engine, streams)
+    logger.info(f"warmed up with {streams} streams in {warm_s:.1f} s{memory_note(model.device)}")
     # Nothing releases the allocator's cache afterwards (torch.cuda.empty_cache): NeMo's decoder
     # replays CUDA graphs that use memory the allocator counts as free, and the first step after a
     # release hit an illegal memory access (bench/results/memory-h200-run3.md).

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 from loguru import logger
-from nemotron_common.devices import index_tensor, pick_device
+from nemotron_common.devices import index_tensor, memory_note, pick_device
 
 from .decoder import DecoderPool
 from .featurizer import Featurizer
@@ -39,6 +39,7 @@ def restore(path: Path, device: torch.device):
     adopt("nemo_logger")
     nemo_fixes.apply()
     model = ASRModel.restore_from(str(path), map_location=device)
+    nemo_fixes.collect_restore_leftovers()
     return model.eval()
 
 
@@ -86,24 +87,38 @@ class StreamingModel:
         self.pre = self.cfg.pre_encode_cache_size[1]
         self.first_frames = self.cfg.chunk_size[0]
         self.chunk_ms = self.shift * self.featurizer.hop * 1000 // self.featurizer.sample_rate
+        logger.info(f"weights on {self.device}{memory_note(self.device)}")
         self.pool = CachePool(encoder, max_streams, self.dtype, self.device)
+        logger.info(f"encoder caches for {max_streams} streams{memory_note(self.device)}")
         self.uses_graphs = cuda_graphs and self.device.type == "cuda"
         buckets = sorted({b for b in graph_buckets if b < max_streams} | {max_streams})
         self.buckets = buckets
         self.steps: dict[str, EagerStep | GraphStep] = {}
         self.decoder = DecoderPool(self.model, max_streams, self.device)
+        logger.info(f"decoder states for {max_streams} streams{memory_note(self.device)}")
 
     def capture(self, progress=None) -> None:
-        """Build the per-kind step runners (captures CUDA graphs; seconds per kind on a GPU)."""
+        """Build the per-kind step runners (captures CUDA graphs; seconds per kind on a GPU).
+
+        Every graph shares one memory pool, and memory freed in it is reused only by a request that
+        fits a freed block: captured smallest first, each larger bucket took new blocks and the
+        pool grew to the sum of all buckets' scratch. Largest first, the smaller graphs fit in the
+        largest one's (bench/results/memory-h200-run4.md)."""
         with torch.inference_mode():
-            for kind in self.kinds.values():
-                if self.uses_graphs:
-                    if progress:
-                        progress(f"capturing CUDA graphs for {kind.name} steps", 300)
-                    self.steps[kind.name] = GraphStep(self.encoder, kind, self.pool, self.buckets,
-                                                      self.dtype)
-                else:
-                    self.steps[kind.name] = EagerStep(self.encoder, kind, self.pool)
+            if not self.uses_graphs:
+                self.steps = {kind.name: EagerStep(self.encoder, kind, self.pool)
+                              for kind in self.kinds.values()}
+                return
+            steps = {kind.name: GraphStep(self.encoder, kind, self.pool, self.dtype)
+                     for kind in self.kinds.values()}
+            for size in sorted(self.buckets, reverse=True):
+                if progress:
+                    progress(f"capturing CUDA graphs of every step kind at batch size {size}", 300)
+                for step in steps.values():
+                    step.add(size)
+            self.steps = steps
+            logger.info(f"captured {', '.join(steps)} steps for batch sizes {self.buckets}"
+                        f"{memory_note(self.device)}")
 
     def encode(self, kind: str, features: torch.Tensor, lengths: torch.Tensor,
                slots: list[int]) -> StepOutput:

@@ -16,7 +16,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from loguru import logger
 from nemotron_common.cuda_graphs import capture
 from nemotron_common.devices import index_tensor
 
@@ -100,16 +99,17 @@ class EagerStep:
 
 class GraphStep:
     """Replays a captured step, cache gather and scatter included; batches are padded up to the
-    smallest bucket that holds them, the padding rows pointing at the pool's padding slot."""
+    smallest bucket that holds them, the padding rows pointing at the pool's padding slot.
+    Buckets are captured one by one (``add``); a batch larger than every bucket runs eagerly."""
 
-    def __init__(self, encoder, kind: StepKind, pool: CachePool, buckets: list[int],
-                 dtype: torch.dtype) -> None:
+    def __init__(self, encoder, kind: StepKind, pool: CachePool, dtype: torch.dtype) -> None:
         self.eager = EagerStep(encoder, kind, pool)
-        self.kind, self.pool = kind, pool
-        self.graphs: dict[int, tuple] = {}
-        for size in sorted(buckets):
-            self.graphs[size] = self._capture(encoder, size, dtype)
-        logger.debug(f"captured {kind.name} encoder step for batch sizes {sorted(buckets)}")
+        self.encoder, self.kind, self.pool, self.dtype = encoder, kind, pool, dtype
+        self.graphs: dict[int, tuple] = {}  # by bucket, ascending
+
+    def add(self, size: int) -> None:
+        self.graphs[size] = self._capture(self.encoder, size, self.dtype)
+        self.graphs = dict(sorted(self.graphs.items()))
 
     def _capture(self, encoder, size: int, dtype: torch.dtype):
         device = next(encoder.parameters()).device

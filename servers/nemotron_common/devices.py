@@ -40,3 +40,13 @@ def set_cpu_threads(requested: int, device: str) -> int:
         requested = 1 if pick_device(device).type == "cuda" else len(os.sched_getaffinity(0))
     torch.set_num_threads(requested)
     return requested
+
+
+def memory_note(device: torch.device) -> str:
+    """What the caching allocator holds on ``device``, for the load log: where a server's GPU
+    memory goes, stage by stage ("" off CUDA). Reserved memory includes CUDA-graph pools."""
+    if device.type != "cuda":
+        return ""
+    mib = 1 << 20
+    return (f" (GPU memory: {torch.cuda.memory_allocated(device) // mib} MiB in tensors, "
+            f"{torch.cuda.memory_reserved(device) // mib} MiB reserved)")

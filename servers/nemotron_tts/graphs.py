@@ -19,8 +19,11 @@ def bucket_for(rows: int) -> int | None:
 
 
 def buckets_up_to(max_batch: int) -> list[int]:
-    """The buckets a batch of at most ``max_batch`` rows can use: what warmup captures."""
-    return [b for b in BUCKETS if b <= max(1, max_batch)]
+    """The buckets a batch of at most ``max_batch`` rows can use, largest first: the order warmup
+    captures them in. All graphs share one memory pool, where freed memory is reused only by
+    requests that fit a freed block, so smaller graphs captured after the largest fit in its
+    memory; smallest first, every larger bucket took new memory."""
+    return [b for b in reversed(BUCKETS) if b <= max(1, max_batch)]
 
 
 class GraphPool:

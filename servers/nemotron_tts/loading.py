@@ -30,7 +30,7 @@ class Loaded:
 
 def load_engine(config: TTSConfig, model_path: Path, codec_path: Path | None, progress) -> Loaded:
     """A running, warmed-up engine and what the transport needs to know of its model."""
-    from nemotron_common.devices import set_cpu_threads
+    from nemotron_common.devices import memory_note, set_cpu_threads
     from nemotron_common.gpu import wait_for_devices
 
     from .model import SpeechModel
@@ -47,15 +47,17 @@ def load_engine(config: TTSConfig, model_path: Path, codec_path: Path | None, pr
         raise ValueError(f"the model has {model.speakers} baked speakers but voices names "
                          f"{len(config.voice_names)}")
     logger.info(f"model loaded in {time.monotonic() - started:.1f} s: {model.sample_rate} Hz, "
-                f"languages {', '.join(model.languages)}")
+                f"languages {', '.join(model.languages)}{memory_note(model.device)}")
     if graphs := model.capture(config.max_batch):
-        logger.info(f"captured {graphs} CUDA graphs of the decoder step, sampling and codec")
+        logger.info(f"captured {graphs} CUDA graphs of the decoder step, sampling and codec"
+                    f"{memory_note(model.device)}")
     catalog = Catalog.from_config(config, model.languages, model.tokenize)
     engine = Engine(model, config.max_batch, seed=config.seed, gather_s=config.gather_ms / 1000,
                     continuous=config.continuous_batching)
     engine.start()
     progress("warming up", LOAD_BUDGET_S)
     warm_s = warm_up(engine, catalog, config.warmup_text, config.max_batch)
+    logger.info(f"warmed up in {warm_s:.1f} s{memory_note(model.device)}")
     nemo_fixes.check_interned_bytes()
     return Loaded(engine, catalog, model.sample_rate, model.describe(), warm_s)
 

@@ -54,6 +54,7 @@ class SpeechModel:
             override.codecmodel_path = str(codec)
         self.model = MagpieTTSModel.restore_from(str(path), map_location=self.device,
                                                  override_config_path=override).eval()
+        nemo_fixes.collect_restore_leftovers()
         if not self.model.has_baked_context_embedding:
             raise ValueError(f"{path.name} has no baked voices; a Magpie checkpoint with baked speakers "
                              "is needed")
