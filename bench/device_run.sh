@@ -15,6 +15,8 @@
 # (served with carried states against windowed, CFG),
 # tts-probes (first audio in process, continuous-batching costs), asr-profile (512-stream step),
 # memory-asr, memory-tts (GPU memory and start time per configured capacity).
+# ASR_STREAMS, TTS_STREAMS, MEMORY_ASR and MEMORY_TTS (comma-separated) replace the levels of
+# asr-graphs, tts-cfg, memory-asr and memory-tts.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 source bench/device_setup.sh real tts-real
@@ -25,7 +27,7 @@ for part in "$@"; do
         asr) timeout 330 python bench/asr_bench.py --model /tmp/asr-real.nemo --out "$results/asr" 2>&1 |
                  tail -14 ;;
         asr-graphs) timeout 250 python bench/asr_bench.py --model /tmp/asr-real.nemo --modes graphs \
-                        --out "$results/asr-graphs" 2>&1 | tail -7 ;;
+                        --streams "${ASR_STREAMS:-1,16,64,256,512}" --out "$results/asr-graphs" 2>&1 | tail -7 ;;
         asr-baseline) timeout 250 python bench/asr_bench.py --model /tmp/asr-real.nemo --modes graphs \
                           --servers "${BASELINE_SERVERS:?the baseline servers directory}" \
                           --out "$results/asr-baseline" 2>&1 | tail -7 ;;
@@ -34,7 +36,7 @@ for part in "$@"; do
         tts) timeout 300 python bench/tts_bench.py --model /tmp/tts-real.nemo --configs cfg,no-cfg \
                  --streams 1,16,64 --repeats 3 --out "$results/tts" 2>&1 | grep -v '^{' | tail -10 ;;
         tts-cfg) timeout 250 python bench/tts_bench.py --model /tmp/tts-real.nemo --configs cfg \
-                     --streams 1,16,64 --repeats 3 --out "$results/tts-cfg" 2>&1 | grep -v '^{' | tail -6 ;;
+                     --streams "${TTS_STREAMS:-1,16,64}" --repeats 3 --out "$results/tts-cfg" 2>&1 | grep -v '^{' | tail -6 ;;
         tts-baseline) timeout 250 python bench/tts_bench.py --model /tmp/tts-real.nemo --configs cfg \
                           --streams 1,16,64 --repeats 3 --servers "${BASELINE_SERVERS:?the baseline servers directory}" \
                           --out "$results/tts-baseline" 2>&1 | grep -v '^{' | tail -6 ;;
@@ -51,8 +53,10 @@ for part in "$@"; do
             python bench/probes/tts_continuous_check.py /tmp/tts-real.nemo 2>&1 |
                 tee "$results/tts_continuous_check.txt" | grep '^{' ;;
         memory-asr) timeout 560 python bench/memory_bench.py --asr-model /tmp/asr-real.nemo \
+                        --asr "${MEMORY_ASR:-16,64,256,512}" \
                         --out "$results/memory-asr" 2>&1 | tail -8 ;;
         memory-tts) timeout 560 python bench/memory_bench.py --tts-model /tmp/tts-real.nemo \
+                        --tts "${MEMORY_TTS:-4,16,64}" \
                         --out "$results/memory-tts" 2>&1 | tail -7 ;;
         asr-profile)
             python bench/probes/asr_step_profile.py /tmp/asr-real.nemo 512 > "$results/asr_profile.txt" 2>&1

@@ -19,10 +19,11 @@ from dataclasses import dataclass
 
 from .steps import Step
 
-# GPU MiB at READY by capacity (ASR: max_sessions = max_batch; TTS: max_batch), H200, random weights
-# (bench/results/memory-h200-run1.json; TTS with its graphs in one pool: memory-h200-run2-*.json).
-ASR_MIB = {16: 5974, 64: 4850, 256: 10416, 512: 23400}
-TTS_MIB = {4: 5660, 16: 8104, 64: 19198}
+# GPU MiB at READY by capacity (ASR: max_sessions = max_batch; TTS: max_batch), H200, random weights:
+# bench/results/memory-h200-run5.json where it measured the capacity, else memory-h200-run4.json
+# (measured before run 5's changes, which only lowered memory, so an upper bound).
+ASR_MIB = {16: 3622, 64: 4788, 256: 5014, 512: 7244}
+TTS_MIB = {4: 5204, 16: 7366, 64: 20032}
 # Nemotron-3-Nano-30B-A3B weights (GiB) by mode: Q8_0 about 33 GB and the BF16 checkpoint about
 # 60 GB, as published; Q4_K_M scaled from Q8_0 by bits per weight (an estimate).
 LLM_WEIGHTS_GIB = {"llamacpp-q8": 30.7, "llamacpp-q4": 18.2, "vllm": 55.9}

@@ -12,7 +12,7 @@ from nemotron_common.devices import index_tensor, memory_note, pick_device
 
 from .decoder import DecoderPool
 from .featurizer import Featurizer
-from .steps import CachePool, EagerStep, GraphStep, StepKind, step_kinds
+from .steps import CachePool, EagerStep, GraphStep, StepKind, pool_layers, step_kinds
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never download at service start
 
@@ -77,6 +77,7 @@ class StreamingModel:
         from . import encoder_layers
 
         logger.debug(f"{encoder_layers.apply(encoder)} encoder layers switched to streaming layouts")
+        logger.debug(f"{pool_layers(encoder)} conformer layers read and write pooled caches")
         encoder.to(self.dtype)
         self.encoder = encoder
         self.right_context = right_context

@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from nemo.collections.asr.parts.submodules.conformer_modules import ConformerLayer
 from nemotron_common.cuda_graphs import capture
 from nemotron_common.devices import index_tensor
 
@@ -70,30 +71,99 @@ class CachePool:
         self.channel_len.index_fill_(0, index, 0)
 
     def gather(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Copies of the streams' caches in NeMo's layout (for probes and tests)."""
         return (self.channel.index_select(1, index), self.time.index_select(1, index),
                 self.channel_len.index_select(0, index))
 
-    def scatter(self, index: torch.Tensor, channel, time, channel_len) -> None:
-        self.channel.index_copy_(1, index, channel.to(self.channel.dtype))
-        self.time.index_copy_(1, index, time.to(self.time.dtype))
-        self.channel_len.index_copy_(0, index, channel_len.to(self.channel_len.dtype))
+
+class StepCaches:
+    """The caches of one step's streams, read and written layer by layer.
+
+    NeMo's encoder step takes every layer's caches as one tensor and returns all new ones stacked:
+    for a batch that is a gathered copy of the caches, the layers' new caches and their stacked
+    copy, three times the streams' cache memory at once, in the scratch of the largest CUDA graph
+    (bench/results/memory-h200-run5.md). Passed in place of those tensors, this hands each layer its
+    streams' rows (``LayerCaches.read``) and writes its new caches straight back (``keep``), so a step
+    holds one layer's caches at a time."""
+
+    def __init__(self, pool: CachePool, index: torch.Tensor, channel_keep: int) -> None:
+        self.pool, self.index, self.channel_keep = pool, index, channel_keep
+
+    def __getitem__(self, layer: int) -> LayerCaches:
+        return LayerCaches(self, layer)
+
+
+class LayerCaches:
+    def __init__(self, step: StepCaches, layer: int) -> None:
+        self.step, self.layer = step, layer
+
+    def read(self) -> tuple[torch.Tensor, torch.Tensor]:
+        pool, index = self.step.pool, self.step.index
+        return pool.channel[self.layer].index_select(0, index), pool.time[self.layer].index_select(0, index)
+
+    def keep(self, channel: torch.Tensor, time: torch.Tensor) -> None:
+        pool, index, size = self.step.pool, self.step.index, self.step.channel_keep
+        if size > 0:  # as NeMo's streaming_post_process trims the stacked caches
+            channel = channel[:, -size:, :]
+        pool.channel[self.layer].index_copy_(0, index, channel.to(pool.channel.dtype))
+        pool.time[self.layer].index_copy_(0, index, time.to(pool.time.dtype))
+
+
+class PooledCacheLayer(ConformerLayer):
+    """NeMo's conformer layer, reading and writing its caches through ``LayerCaches`` when given
+    them; anything else goes to NeMo's layer unchanged."""
+
+    def forward(self, x, att_mask=None, pos_emb=None, pad_mask=None, cache_last_channel=None,
+                cache_last_time=None):
+        if not isinstance(cache_last_channel, LayerCaches):
+            return super().forward(x, att_mask=att_mask, pos_emb=pos_emb, pad_mask=pad_mask,
+                                   cache_last_channel=cache_last_channel, cache_last_time=cache_last_time)
+        caches = cache_last_channel
+        channel, time = caches.read()
+        x, channel, time = super().forward(x, att_mask=att_mask, pos_emb=pos_emb, pad_mask=pad_mask,
+                                           cache_last_channel=channel, cache_last_time=time)
+        caches.keep(channel, time)
+        empty = x.new_empty(0)  # what NeMo stacks in place of the caches, which are already kept
+        return x, empty, empty
+
+
+def pool_layers(encoder) -> int:
+    """Switch the encoder's conformer layers to ``PooledCacheLayer`` in place; returns how many."""
+    layers = [m for m in encoder.modules() if type(m) is ConformerLayer]
+    for layer in layers:
+        layer.__class__ = PooledCacheLayer
+    return len(layers)
 
 
 class EagerStep:
     """One step of ``kind`` for the streams whose cache slots are ``index``; returns the encoder
-    output and its lengths and keeps the streams' new caches in the pool."""
+    output and its lengths and keeps the streams' new caches in the pool.
+
+    This is NeMo's ``cache_aware_stream_step`` (the encoder's ``forward`` and
+    ``streaming_post_process``) with the caches handed over layer by layer (``StepCaches``); the
+    encoder's layers must be switched by ``pool_layers``."""
 
     def __init__(self, encoder, kind: StepKind, pool: CachePool) -> None:
         self.encoder, self.kind, self.pool = encoder, kind, pool
 
     def __call__(self, features, lengths, index):
-        channel, time, channel_len = self.pool.gather(index)
-        encoded, encoded_len, channel, time, channel_len = self.encoder.cache_aware_stream_step(
-            processed_signal=features, processed_signal_length=lengths, cache_last_channel=channel,
-            cache_last_time=time, cache_last_channel_len=channel_len,
-            keep_all_outputs=self.kind.keep_all_outputs,
-            drop_extra_pre_encoded=self.kind.drop_extra_pre_encoded)
-        self.pool.scatter(index, channel, time, channel_len)
+        encoder, cfg = self.encoder, self.encoder.streaming_cfg
+        caches = StepCaches(self.pool, index, cfg.last_channel_cache_size)
+        channel_len = self.pool.channel_len.index_select(0, index)
+        encoder.update_max_seq_length(seq_length=features.size(2), device=features.device)
+        usual = cfg.drop_extra_pre_encoded
+        cfg.drop_extra_pre_encoded = self.kind.drop_extra_pre_encoded
+        try:
+            encoded, encoded_len, _, _, channel_len = encoder.forward_internal(
+                features, lengths, cache_last_channel=caches, cache_last_time=caches,
+                cache_last_channel_len=channel_len)
+        finally:
+            cfg.drop_extra_pre_encoded = usual
+        trim = not self.kind.keep_all_outputs or encoder.att_context_style == "regular"
+        if cfg.valid_out_len > 0 and trim:
+            encoded = encoded[:, :, : cfg.valid_out_len]
+            encoded_len = torch.clamp(encoded_len, max=cfg.valid_out_len)
+        self.pool.channel_len.index_copy_(0, index, channel_len.to(self.pool.channel_len.dtype))
         return encoded, encoded_len
 
 

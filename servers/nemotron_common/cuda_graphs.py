@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 _shared_pool = None
+_warmup_stream = None
 
 
 def shared_pool():
@@ -24,6 +25,18 @@ def shared_pool():
     return _shared_pool
 
 
+def _side_stream():
+    """The one stream every capture warms up on. PyTorch keeps a cuBLAS workspace for each stream
+    that runs a product, and a fresh ``torch.cuda.Stream()`` per capture cycles through its pool of
+    32 streams: up to 32 workspaces, whatever the batch sizes (bench/results/memory-h200-run5.md)."""
+    import torch
+
+    global _warmup_stream
+    if _warmup_stream is None:
+        _warmup_stream = torch.cuda.Stream()
+    return _warmup_stream
+
+
 def capture(function: Callable[[], object], warmup_runs: int = 2, copy_outputs: bool = True):
     """``(graph, outputs)``: ``function`` captured into the shared pool after ``warmup_runs`` runs on a
     side stream (kernels loaded, the allocator's blocks claimed, outside the capture).
@@ -33,7 +46,7 @@ def capture(function: Callable[[], object], warmup_runs: int = 2, copy_outputs: 
     in the pool and are valid only until another graph of the pool replays."""
     import torch
 
-    side = torch.cuda.Stream()
+    side = _side_stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
         for _ in range(warmup_runs):

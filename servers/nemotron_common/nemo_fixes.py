@@ -122,9 +122,10 @@ def collect_restore_leftovers() -> None:
     """Free what ``restore_from`` leaves in reference cycles before the next allocation.
 
     After restoring, the checkpoint's tensors stay alive in reference cycles until Python's next
-    collection (with the tiny ASR model on the CPU, live tensors were 3.6 MB before a collection
-    and 2.3 MB after). On a GPU that is the whole fp32 state dict held next to the bf16 weights, and
-    memory freed later stays in the caching allocator where CUDA-graph pools cannot use it."""
+    collection (counted with the tiny ASR model on the CPU: live tensors shrank by the weights' fp32
+    size at the first collection). On a GPU that is a whole fp32 state dict next to the bf16
+    weights, and memory freed later stays in the caching allocator, where CUDA-graph pools cannot use
+    it (bench/results/memory-h200-run4.md)."""
     import gc
 
     gc.collect()

@@ -93,20 +93,30 @@ class StreamDecoder:
         return chunk
 
 
+# Frames times rows one codec call decodes at most. The codec's activations grow with both, and a
+# full batch of whole utterances in one call left gigabytes in the allocator after the warm-up
+# (bench/results/memory-h200-run4.md), so longer windows go in fewer rows per call; streamed chunks
+# (128 rows of 8 frames at most) are never split.
+MAX_FRAME_ROWS = 1024
+
+
 def decode_windows(decode: Callable[[torch.Tensor, list[Window]], torch.Tensor],
                    windows: list[Window]) -> list[torch.Tensor]:
     """Each window's chunk audio, on the CPU; windows of one length share one ``decode(codes, group)``
     call and one device-to-host copy (the usual case: utterances of one batch advance a frame per
-    step together)."""
+    step together), up to ``MAX_FRAME_ROWS`` frames a call."""
     audio: list[torch.Tensor | None] = [None] * len(windows)
     by_length: dict[int, list[int]] = {}
     for index, window in enumerate(windows):
         by_length.setdefault(window.codes.shape[-1], []).append(index)
-    for indices in by_length.values():
-        group = [windows[i] for i in indices]
-        decoded = decode(torch.stack([window.codes for window in group]), group).float().cpu()
-        for row, window in enumerate(group):
-            audio[indices[row]] = decoded[row, window.offset:window.offset + window.samples]
+    for length, same_length in by_length.items():
+        rows = max(1, MAX_FRAME_ROWS // max(1, length))
+        for start in range(0, len(same_length), rows):
+            indices = same_length[start:start + rows]
+            group = [windows[i] for i in indices]
+            decoded = decode(torch.stack([window.codes for window in group]), group).float().cpu()
+            for row, window in enumerate(group):
+                audio[indices[row]] = decoded[row, window.offset:window.offset + window.samples]
     return audio
 
 

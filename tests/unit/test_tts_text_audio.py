@@ -55,3 +55,25 @@ def test_config_rejects_a_default_voice_that_is_not_a_voice(tmp_path):
              flags={"model": str(model), "default_voice": "bob"})
     config = load(TTSConfig, "tts", path=tmp_path / "none.toml", flags={"model": str(model)})
     assert config.voice_names == ["john", "sofia", "aria", "jason", "leo"] and config.port == 8001
+
+
+def test_codec_calls_stay_within_their_frame_budget_and_audio_goes_to_its_window():
+    import torch
+    from nemotron_tts.codec import MAX_FRAME_ROWS, Window, decode_windows
+
+    calls = []
+
+    def decode(codes, group):  # a "codec" whose sample s of row r is the row's first code + s
+        calls.append(tuple(codes.shape))
+        return codes[:, 0, :1].float() + torch.arange(codes.shape[-1] * 2).float()
+
+    lengths = [8] * 130 + [300] * 9 + [2000] + [5] * 3
+    windows = [Window(torch.full((4, n), float(i)), offset=1, samples=n, end=n)
+               for i, n in enumerate(lengths)]
+    audio = decode_windows(decode, windows)
+    for i, (window, samples) in enumerate(zip(windows, audio, strict=True)):
+        assert torch.equal(samples, i + torch.arange(1, 1 + window.samples).float())
+    assert all(rows * frames <= MAX_FRAME_ROWS or rows == 1 for rows, _, frames in calls)
+    assert (128, 4, 8) in calls  # streamed chunks of a full batch are not split
+    assert sorted(rows for rows, _, frames in calls if frames == 300) == [3, 3, 3]
+    assert sum(rows for rows, *_ in calls) == len(windows)

@@ -1,0 +1,58 @@
+"""The engine's encoder steps, caches handed over layer by layer, against NeMo's own streaming step
+(real NeMo, tiny model, float32 CPU)."""
+
+import copy
+
+import pytest
+import torch
+from nemotron_asr import steps
+from nemotron_asr.model import restore
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def encoders(tiny_asr_model):
+    original = restore(tiny_asr_model, torch.device("cpu")).encoder
+    original.set_default_att_context_size([original.att_context_size_all[0][0], 1])
+    pooled = copy.deepcopy(original)
+    count = steps.pool_layers(pooled)
+    return original, pooled, count
+
+
+def test_every_conformer_layer_is_switched(encoders):
+    original, pooled, count = encoders
+    assert count == len(original.layers) > 0
+    assert all(type(layer) is steps.PooledCacheLayer for layer in pooled.layers)
+
+
+def test_steps_equal_nemo_and_touch_only_their_streams_caches(encoders):
+    original, pooled, _ = encoders
+    kinds = steps.step_kinds(original.streaming_cfg, lead=2)
+    torch.manual_seed(0)
+    slots = 6
+    pool = steps.CachePool(pooled, slots, torch.float32, torch.device("cpu"))
+    for tensor in (pool.channel, pool.time):
+        tensor.normal_()  # earlier chunks' caches, different in every slot
+    pool.channel_len.fill_(pool.channel.shape[2] // 2)
+    index = torch.tensor([4, 1, 3])  # the step's streams, in any order of slots
+    sequence = ["first", "steady", "steady", "final"]
+    for name in sequence:
+        kind = kinds[name]
+        features = torch.randn(len(index), original._feat_in, kind.frames)
+        lengths = torch.tensor([kind.frames, kind.frames, kind.frames - 3])  # one padded chunk
+        channel, time, channel_len = pool.gather(index)
+        untouched = [t.clone() for t in pool.gather(torch.tensor([0, 2, 5, slots]))]
+        with torch.inference_mode():
+            expected = original.cache_aware_stream_step(
+                processed_signal=features, processed_signal_length=lengths, cache_last_channel=channel,
+                cache_last_time=time, cache_last_channel_len=channel_len,
+                keep_all_outputs=kind.keep_all_outputs, drop_extra_pre_encoded=kind.drop_extra_pre_encoded)
+            encoded, encoded_len = steps.EagerStep(pooled, kind, pool)(features, lengths, index)
+        actual = (encoded, encoded_len, *pool.gather(index))
+        for name_, ours, nemo in zip(("encoded", "length", "channel", "time", "channel length"), actual,
+                                     expected, strict=True):
+            assert ours.shape == nemo.shape, (name, name_)
+            torch.testing.assert_close(ours, nemo, msg=f"{name} step: {name_}")
+        for before, after in zip(untouched, pool.gather(torch.tensor([0, 2, 5, slots])), strict=True):
+            assert torch.equal(before, after)
