@@ -112,7 +112,7 @@ class StepStats:
 class Engine(StreamCommands):
     def __init__(self, model: StreamingModel, max_batch: int, timed_steps: bool = False,
                  look_ahead: bool | None = None) -> None:
-        super().__init__()
+        self._commands: queue.SimpleQueue = queue.SimpleQueue()
         self.model = model
         self.max_batch = max_batch
         # Prepare the next batch while the current one runs, except for eager steps on a GPU: they
@@ -143,6 +143,9 @@ class Engine(StreamCommands):
         self._stop = True
         self.enqueue("wake", 0)
         self._thread.join(timeout)
+
+    def enqueue(self, action: str, stream_id: int, payload=None) -> None:
+        self._commands.put((action, stream_id, payload))
 
     def open(self, deliver: Callable[[Result], None], loop: asyncio.AbstractEventLoop | None = None) -> int:
         """A new stream; its results go to ``deliver``, called on ``loop`` if given, else on the

@@ -24,7 +24,6 @@ from .interface import Result, StreamCommands, hand_over
 
 class RemoteEngine(StreamCommands):
     def __init__(self, config: ASRConfig, model_path: Path) -> None:
-        super().__init__()
         self._ids = itertools.count(1)
         self._streams: dict[int, tuple[Callable[[Result], None], asyncio.AbstractEventLoop | None]] = {}
         self._host = EngineProcess("nemotron-asr-engine", functools.partial(_load, config, model_path),

@@ -6,7 +6,6 @@ Light enough for the service process, which serves clients and never loads the m
 from __future__ import annotations
 
 import asyncio
-import queue
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Protocol
@@ -43,13 +42,12 @@ def hand_over(results: Iterable[tuple[Deliver, asyncio.AbstractEventLoop | None,
 
 
 class StreamCommands:
-    """The thread-safe half of an engine's API: every call only enqueues a command, applied in order."""
-
-    def __init__(self) -> None:
-        self._commands: queue.SimpleQueue = queue.SimpleQueue()
+    """The thread-safe half of an engine's API: every call only enqueues a command, applied in order.
+    A subclass says where commands go (``enqueue``): the engine's own queue, or the pipe to the
+    engine's process."""
 
     def enqueue(self, action: str, stream_id: int, payload=None) -> None:
-        self._commands.put((action, stream_id, payload))
+        raise NotImplementedError
 
     def feed(self, stream_id: int, pcm16: bytes) -> None:
         if len(pcm16) % 2:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable
 
-from nemotron_common.metrics import Metrics, cuda_memory_reserved
+from nemotron_common.metrics import Metrics
 
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
@@ -24,7 +24,9 @@ class TTSMetrics:
                                   "(complete, failed, cancelled)", ("endpoint", "outcome"))
         self.errors = m.counter("errors", "Requests and messages refused or failed, by kind", ("kind",))
         self._state = state
-        self.gpu_memory = cuda_memory_reserved  # the engine's process may be another one
+        # Set by the service once its engine is loaded (the engine may run in another process); until
+        # then a scrape reports nothing held, as ASR's does, and never imports torch here.
+        self.gpu_memory: Callable[[], int] = lambda: 0
         m.at_scrape(self._collect)
 
     def started(self, jobs: list) -> None:

@@ -31,9 +31,9 @@ WIRE_SIDE = {
 }
 
 
-def import_without_forbidden(modules: list[str]) -> subprocess.CompletedProcess:
+def import_without_forbidden(modules: list[str], then: str = "") -> subprocess.CompletedProcess:
     code = (f"import sys\nfor name in {FORBIDDEN!r}: sys.modules[name] = None\n"
-            + "".join(f"import {module}\n" for module in modules))
+            + "".join(f"import {module}\n" for module in modules) + then)
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                           env={"PYTHONPATH": f"{ROOT / 'servers'}", "PATH": "/usr/bin:/bin"})
 
@@ -47,3 +47,11 @@ def test_the_wire_side_imports_no_model_code(side):
 def test_the_check_catches_a_forbidden_import():
     result = import_without_forbidden(["nemotron_tts.loading"])  # builds the engine: must fail
     assert result.returncode != 0 and "halted; None in sys.modules" in result.stderr
+
+
+def test_a_metrics_scrape_before_the_engine_is_loaded_imports_no_model_code():
+    scrape = ("metrics = nemotron_tts.metrics.TTSMetrics(lambda: {'sessions': 0, 'queued_segments': 0})\n"
+              "body, _ = metrics.metrics.render()\n"
+              "assert b'nemotron_tts_gpu_memory_reserved_bytes 0.0' in body, body\n")
+    result = import_without_forbidden(["nemotron_tts.metrics"], then=scrape)
+    assert result.returncode == 0, result.stderr.strip().splitlines()[-1]
