@@ -37,6 +37,34 @@ class Utterance:
     on_end: Callable[[], None] = lambda: None  # its last frame is out, though the batch goes on
 
 
+def share_causal_masks(model: torch.nn.Module) -> int:
+    """Give every causal self-attention layer of ``model`` one shared boolean mask; returns the bytes
+    freed.
+
+    NeMo registers a float lower triangle for the longest sequence (4096 x 4096, 64 MiB) in each
+    causal self-attention layer: 768 MiB for Magpie's 12 decoder layers, all holding the same
+    values. NeMo only compares the mask with 0, which a boolean mask answers the same way."""
+    shared: dict[tuple, torch.Tensor] = {}
+    freed = 0
+    for module in list(model.modules()):
+        mask = getattr(module, "causal_mask", None)
+        if not isinstance(mask, torch.Tensor) or mask.dim() < 2:
+            continue
+        key = (tuple(mask.shape), mask.device)
+        lower = shared.get(key)
+        if lower is None:
+            size = mask.shape[-2:]
+            lower = torch.ones(size, dtype=torch.bool, device=mask.device).tril().view(mask.shape)
+        if not torch.equal(mask != 0, lower):
+            continue  # not the usual lower triangle: keep it
+        if key not in shared:
+            shared[key] = lower
+            freed -= lower.numel() * lower.element_size()
+        freed += mask.numel() * mask.element_size()
+        module.causal_mask = lower  # a registered buffer is replaced in place
+    return freed
+
+
 class SpeechModel:
     def __init__(self, path: Path, device: str = "auto", use_cfg: bool = True, kv_cache: bool = True,
                  max_frames: int = 0, codec: Path | None = None, cuda_graphs: bool = True,
@@ -55,6 +83,7 @@ class SpeechModel:
         self.model = MagpieTTSModel.restore_from(str(path), map_location=self.device,
                                                  override_config_path=override).eval()
         nemo_fixes.collect_restore_leftovers()
+        logger.debug(f"causal masks shared: {share_causal_masks(self.model) / 2**20:.0f} MiB freed")
         if not self.model.has_baked_context_embedding:
             raise ValueError(f"{path.name} has no baked voices; a Magpie checkpoint with baked speakers "
                              "is needed")

@@ -457,3 +457,30 @@ def test_continuous_engine_runs_a_long_text_alone_between_batches(tiny_tts_model
     for name in ("short", "long", "after"):
         ms, error = done[name]
         assert error is None and ms > 0 and sum(map(len, audio[name])) == round(ms * 22.05) * 2
+
+
+def test_shared_causal_masks_leave_nemos_decoder_unchanged(tiny_tts_model):
+    from nemo.collections.tts.models import MagpieTTSModel
+    from nemotron_tts.model import share_causal_masks
+
+    model = MagpieTTSModel.restore_from(str(tiny_tts_model), map_location="cpu").eval()
+    decoder = model.decoder
+    torch.manual_seed(0)
+    width = model.cfg.decoder.d_model
+    frames, text = torch.randn(2, 9, width), torch.randn(2, 5, width)
+    frames_mask, text_mask = torch.ones(2, 9, dtype=torch.bool), torch.ones(2, 5, dtype=torch.bool)
+    frames_mask[1, 6:] = False
+
+    def run():
+        with torch.inference_mode():
+            return decoder(frames, frames_mask, cond=text, cond_mask=text_mask)["output"]
+
+    before = run()
+    holders = [m for m in model.modules() if isinstance(getattr(m, "causal_mask", None), torch.Tensor)]
+    old = sum(m.causal_mask.numel() * m.causal_mask.element_size() for m in holders)
+    freed = share_causal_masks(model)
+    new = {id(m.causal_mask): m.causal_mask.numel() for m in holders}  # one bool mask per shape
+    assert len(new) == 2 and freed == old - sum(new.values())  # the decoder's and the local transformer's
+    shared = [layer.self_attention.causal_mask for layer in decoder.layers]
+    assert all(m is shared[0] for m in shared) and shared[0].dtype == torch.bool
+    assert torch.equal(run(), before)
