@@ -14,7 +14,8 @@
 # tts-codec (codec call: carried states, eager and graphs, against windowed), tts-codec-served
 # (served with carried states against windowed, CFG),
 # tts-probes (first audio in process, continuous-batching costs), asr-profile (512-stream step),
-# memory-asr, memory-tts (GPU memory and start time per configured capacity).
+# memory-asr, memory-tts (GPU memory and start time per configured capacity), asr-invariance (one
+# clip as 1-256 identical streams: does the transcript depend on the batch size, bf16 and float32).
 # ASR_STREAMS, TTS_STREAMS, MEMORY_ASR and MEMORY_TTS (comma-separated) replace the levels of
 # asr-graphs, tts-cfg, memory-asr and memory-tts.
 set -uo pipefail
@@ -58,6 +59,11 @@ for part in "$@"; do
         memory-tts) timeout 560 python bench/memory_bench.py --tts-model /tmp/tts-real.nemo \
                         --tts "${MEMORY_TTS:-4,16,64}" \
                         --out "$results/memory-tts" 2>&1 | tail -7 ;;
+        asr-invariance)
+            for dtype in bfloat16 float32; do
+                timeout 200 python bench/probes/asr_batch_invariance.py /tmp/asr-real.nemo --dtype $dtype \
+                    --streams 1,16,64,256 2>&1 | tee -a "$results/asr_invariance.txt" | grep 'distinct finals'
+            done ;;
         asr-profile)
             python bench/probes/asr_step_profile.py /tmp/asr-real.nemo 512 > "$results/asr_profile.txt" 2>&1
             grep -A20 "eager encoder step at" "$results/asr_profile.txt" ;;

@@ -190,3 +190,29 @@ def test_a_client_that_does_not_read_keeps_its_finals_and_a_bounded_queue(tiny_a
     unsent = asyncio.run(scenario())
     assert len(unsent) == MAX_UNSENT + 1
     assert unsent[-1]["is_final"] is True and unsent[-1]["text"] == "the whole utterance"
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_every_stream_says_the_same_alone_and_in_a_crowd(tiny_asr_model, dtype):
+    """Batch invariance: 24 different clips streamed one at a time and all in one batch give the same
+    finals, so no stream's state leaks into another's and the batch size changes nothing (in the
+    served precision too; bench/probes/asr_batch_invariance.py asks the same on a GPU)."""
+    pcms = [to_pcm(speechlike_audio(2.0, seed=100 + i)) for i in range(24)]
+
+    def finals(streams: int, groups: list[list[bytes]]) -> list[str]:
+        model = StreamingModel(tiny_asr_model, 1, dtype=dtype, max_streams=streams)
+        model.capture()
+        engine = Engine(model, max_batch=streams)
+        engine.start()
+        try:
+            texts = []
+            for group in groups:
+                results = stream_through(engine, group)
+                texts += [next(r.text for r in results[i] if r.kind == "final") for i in range(len(group))]
+            return texts
+        finally:
+            engine.stop()
+
+    alone = finals(1, [[pcm] for pcm in pcms])
+    assert len(set(alone)) >= 8, alone  # the clips really differ
+    assert finals(24, [pcms]) == alone
