@@ -13,7 +13,7 @@ from nemotron_common import exitcodes, logs
 from nemotron_common.access import api_key_path, read_api_key
 from nemotron_common.config import ConfigError, click_options, load
 
-from . import backends, models
+from . import engine, loading
 from .config import LLMConfig
 
 
@@ -31,21 +31,21 @@ def main(config_path: Path | None, print_command: bool, **flags) -> None:
     logs.setup()
     try:
         config = load(LLMConfig, "llm", path=config_path, flags=flags)
-        model = models.resolve(config)
+        model = loading.resolve(config)
         key = read_api_key(config.api_key_file)  # a missing or malformed key file is a bad setting
         key_file = api_key_path(config.api_key_file)
-        env = backends.environment(config, key)
-    except (ConfigError, models.ModelError) as exc:
+        env = engine.environment(config, key)
+    except (ConfigError, loading.ModelError) as exc:
         logger.error(f"configuration error: {exc}")
         sys.exit(exitcodes.CONFIG_ERROR)
     logs.setup(config.log_level)
-    argv = backends.command(config, model, key_file)
+    argv = engine.command(config, model, key_file)
     if print_command:
         click.echo(shlex.join(argv))
         return
     from nemotron_common.lifecycle import run
 
-    from .supervisor import LLMService
+    from .service import LLMService
 
     logger.info(f"access: {'API key required' if key_file else 'no API key'}")
     sys.exit(asyncio.run(run(LLMService(config, argv, env=env), config.stop_timeout)))

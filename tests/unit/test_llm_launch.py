@@ -5,13 +5,13 @@ from pathlib import Path
 
 import pytest
 from nemotron_common.access import read_api_key
-from nemotron_llm import backends, models
+from nemotron_llm import engine, loading
 from nemotron_llm.config import LLMConfig
-from nemotron_llm.supervisor import line_level
+from nemotron_llm.service import line_level
 
 
 def test_llamacpp_q8_command_line():
-    argv = backends.command(LLMConfig(mode="llamacpp-q8", port=8000), "/m/q8.gguf")
+    argv = engine.command(LLMConfig(mode="llamacpp-q8", port=8000), "/m/q8.gguf")
     assert argv[:3] == ["llama-server", "--model", "/m/q8.gguf"]
     joined = " ".join(argv)
     for part in ("--host 127.0.0.1", "--port 8000", "--n-gpu-layers 999", "--ctx-size 16384",
@@ -22,14 +22,14 @@ def test_llamacpp_q8_command_line():
 
 
 def test_llamacpp_q4_adds_the_recipe_extras():
-    joined = " ".join(backends.command(LLMConfig(mode="llamacpp-q4"), "/m/q4.gguf"))
+    joined = " ".join(engine.command(LLMConfig(mode="llamacpp-q4"), "/m/q4.gguf"))
     for part in ("--cache-type-k q8_0", "--cache-type-v q8_0", "--cache-ram 0", "--reasoning-budget 0"):
         assert part in joined
 
 
 def test_vllm_command_line_and_fp8_variant():
     config = LLMConfig(mode="vllm", kv_cache="fp8", ctx_size=16384, parallel=2)
-    argv = backends.command(config, "nvidia/NVIDIA-Nemotron-3-Nano-30B-A3B-BF16")
+    argv = engine.command(config, "nvidia/NVIDIA-Nemotron-3-Nano-30B-A3B-BF16")
     assert argv[1:3] == ["-m", "vllm.entrypoints.openai.api_server"]
     joined = " ".join(argv)
     for part in ("--served-model-name nemotron", "--dtype bfloat16", "--allowed-origins []",
@@ -45,17 +45,17 @@ def test_access_settings_reach_the_backends_without_the_key_on_argv(tmp_path):
     key = tmp_path / "api-key"
     key.write_text("s3cret\n")
     config = LLMConfig(mode="llamacpp-q8", allowed_origins="https://a.example")
-    argv = backends.command(config, "/m/q8.gguf", key)
+    argv = engine.command(config, "/m/q8.gguf", key)
     assert argv[argv.index("--api-key-file") + 1] == str(key) and "s3cret" not in argv
     assert argv[argv.index("--cors-origins") + 1] == "https://a.example"
-    assert backends.environment(config, read_api_key(str(key))) == {}
-    plain = backends.command(LLMConfig(), "/m/q8.gguf")
+    assert engine.environment(config, read_api_key(str(key))) == {}
+    plain = engine.command(LLMConfig(), "/m/q8.gguf")
     assert plain[plain.index("--cors-origins") + 1] == ""  # CORS off
     vllm = LLMConfig(mode="vllm", trust_remote_code=True, allowed_origins="https://a.example, *")
-    argv = backends.command(vllm, "m", key)
+    argv = engine.command(vllm, "m", key)
     assert "--trust-remote-code" in argv and "s3cret" not in " ".join(argv)
     assert argv[argv.index("--allowed-origins") + 1] == '["*", "https://a.example"]'
-    assert backends.environment(vllm, read_api_key(str(key))) == {"VLLM_API_KEY": "s3cret"}
+    assert engine.environment(vllm, read_api_key(str(key))) == {"VLLM_API_KEY": "s3cret"}
 
 
 VLLM_PYTHON = os.environ.get("NEMOTRON_TEST_VLLM_PYTHON")
@@ -67,7 +67,7 @@ PARSE = Path(__file__).resolve().parents[1] / "helpers" / "vllm_parse.py"
 def test_vllm_accepts_the_command_line(kv_cache):
     """The pinned vLLM's own parser (vllm==0.33.0 on CPU, see tests/run) accepts what we build."""
     model = "nvidia/NVIDIA-Nemotron-3-Nano-30B-A3B-BF16"
-    argv = backends.command(LLMConfig(mode="vllm", kv_cache=kv_cache, trust_remote_code=kv_cache == "fp8",
+    argv = engine.command(LLMConfig(mode="vllm", kv_cache=kv_cache, trust_remote_code=kv_cache == "fp8",
                                       allowed_origins="https://a.example"), model)
 
     def parse(*extra):
@@ -98,8 +98,8 @@ def test_models_found_in_the_cache_including_split_files(tmp_path):
         "Nemotron-3-Nano-30B-A3B-Q8_0.gguf",
         "Q4_K_M/Nemotron-3-Nano-30B-A3B-Q4_K_M-00002-of-00002.gguf",
         "Q4_K_M/Nemotron-3-Nano-30B-A3B-Q4_K_M-00001-of-00002.gguf"])
-    q8 = models.resolve(LLMConfig(mode="llamacpp-q8", hf_cache=str(tmp_path)))
-    q4 = models.resolve(LLMConfig(mode="llamacpp-q4", hf_cache=str(tmp_path)))
+    q8 = loading.resolve(LLMConfig(mode="llamacpp-q8", hf_cache=str(tmp_path)))
+    q4 = loading.resolve(LLMConfig(mode="llamacpp-q4", hf_cache=str(tmp_path)))
     assert q8 == str(snapshot / "Nemotron-3-Nano-30B-A3B-Q8_0.gguf")
     assert q4.endswith("Q4_K_M-00001-of-00002.gguf")
 
@@ -108,21 +108,21 @@ def test_explicit_model_wins_and_errors_name_the_file(tmp_path):
     fake_cache(tmp_path, "unsloth/x", ["x-Q8_0.gguf"])
     explicit = tmp_path / "mine.gguf"
     explicit.write_bytes(b"GGUF")
-    assert models.resolve(LLMConfig(model=str(explicit), hf_cache=str(tmp_path))) == str(explicit)
-    with pytest.raises(models.ModelError, match="absent.gguf does not exist"):
-        models.resolve(LLMConfig(model=str(tmp_path / "absent.gguf")))
-    with pytest.raises(models.ModelError, match=r"no \*Q4_K_M\*.gguf model found"):
-        models.resolve(LLMConfig(mode="llamacpp-q4", hf_cache=str(tmp_path)))
-    with pytest.raises(models.ModelError, match="vllm mode needs model"):
-        models.resolve(LLMConfig(mode="vllm"))
-    with pytest.raises(models.ModelError, match="not in the Hugging Face cache"):
-        models.resolve(LLMConfig(mode="vllm", model="nvidia/absent", hf_cache=str(tmp_path)))
+    assert loading.resolve(LLMConfig(model=str(explicit), hf_cache=str(tmp_path))) == str(explicit)
+    with pytest.raises(loading.ModelError, match="absent.gguf does not exist"):
+        loading.resolve(LLMConfig(model=str(tmp_path / "absent.gguf")))
+    with pytest.raises(loading.ModelError, match=r"no \*Q4_K_M\*.gguf model found"):
+        loading.resolve(LLMConfig(mode="llamacpp-q4", hf_cache=str(tmp_path)))
+    with pytest.raises(loading.ModelError, match="vllm mode needs model"):
+        loading.resolve(LLMConfig(mode="vllm"))
+    with pytest.raises(loading.ModelError, match="not in the Hugging Face cache"):
+        loading.resolve(LLMConfig(mode="vllm", model="nvidia/absent", hf_cache=str(tmp_path)))
 
 
 def test_vllm_model_id_resolves_to_its_snapshot(tmp_path):
     snapshot = fake_cache(tmp_path, "nvidia/tiny", ["config.json"])
     config = LLMConfig(mode="vllm", model="nvidia/tiny", hf_cache=str(tmp_path))
-    assert models.resolve(config) == str(snapshot)
+    assert loading.resolve(config) == str(snapshot)
 
 
 def test_backend_log_levels():

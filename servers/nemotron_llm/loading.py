@@ -1,4 +1,5 @@
-"""Find the model a mode needs: an explicit path or id wins, else a search of the Hugging Face cache."""
+"""Loading, the part before the backend starts: find the model a mode needs (an explicit path or id
+wins, else a search of the Hugging Face cache). The service then starts the backend and polls it."""
 
 from __future__ import annotations
 

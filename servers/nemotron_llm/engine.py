@@ -1,4 +1,6 @@
-"""Backend command lines, built from the configuration as lists (never strings glued by hand)."""
+"""The LLM's engine is a backend process, llama.cpp's ``llama-server`` or vLLM, which serves the port
+itself (so this server has no protocol, session or transport module of its own): its command lines,
+built from the configuration as lists (never strings glued by hand), and its environment."""
 
 from __future__ import annotations
 
