@@ -50,3 +50,13 @@ def memory_note(device: torch.device) -> str:
     mib = 1 << 20
     return (f" (GPU memory: {torch.cuda.memory_allocated(device) // mib} MiB in tensors, "
             f"{torch.cuda.memory_reserved(device) // mib} MiB reserved)")
+
+
+def peak_note(device: torch.device) -> str:
+    """The most the allocator's tensors held on ``device`` since the last call, for the load log:
+    which stage of a warm-up sets the memory a server keeps ("" off CUDA)."""
+    if device.type != "cuda":
+        return ""
+    peak, reserved = torch.cuda.max_memory_allocated(device) >> 20, torch.cuda.memory_reserved(device) >> 20
+    torch.cuda.reset_peak_memory_stats(device)
+    return f" (GPU memory: at most {peak} MiB in tensors, {reserved} MiB reserved)"
