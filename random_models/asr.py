@@ -124,45 +124,53 @@ class Talk:
     interims_per_stream: float
 
 
-def served_talk(streaming, audios: list[np.ndarray]) -> Talk:
-    """Stream ``audios`` through the server's own engine and steps (``streaming`` is a loaded
-    ``nemotron_asr.model.StreamingModel``: its right context, dtype and CUDA graphs) and count what
-    comes out."""
+def served_finals(streaming, pcms: list[bytes]) -> tuple[list[str], int]:
+    """Stream each of ``pcms`` (16-bit PCM) as one stream of one batch through the server's own
+    engine and steps (``streaming`` is a loaded ``nemotron_asr.model.StreamingModel``: its right
+    context, dtype and CUDA graphs); returns each stream's final, in order ("" for a stream that
+    failed), and the interim transcripts sent in all. The model's slots are free again afterwards."""
     import threading
     import time
 
     from nemotron_asr.engine import Engine
 
-    finals: list[str] = []
+    finals: dict[int, str] = {}
     interims = [0]
     done = threading.Semaphore(0)
 
-    def deliver(result) -> None:
+    def deliver(result, index: int) -> None:
         if result.kind == "interim":
             interims[0] += 1
         elif result.kind in ("final", "error"):
-            finals.append(result.text if result.kind == "final" else "")
+            finals[index] = result.text if result.kind == "final" else ""
             done.release()
 
-    engine = Engine(streaming, max_batch=len(audios))
-    ids = [engine.open(deliver) for _ in audios]
-    for stream_id, audio in zip(ids, audios, strict=True):
-        engine.feed(stream_id, (np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes())
+    engine = Engine(streaming, max_batch=len(pcms))
+    ids = [engine.open(lambda result, i=i: deliver(result, i)) for i in range(len(pcms))]
+    for stream_id, pcm in zip(ids, pcms, strict=True):
+        engine.feed(stream_id, pcm)
         engine.finalize(stream_id)
     engine.start()
     try:
         for _ in ids:
             if not done.acquire(timeout=600):
-                raise RuntimeError("the engine did not finish the calibration streams")
+                raise RuntimeError("the engine did not finish its streams")
         for stream_id in ids:  # frees the slots for the next round
             engine.close(stream_id)
         while engine.active_streams:
             time.sleep(0.01)
     finally:
         engine.stop()
+    return [finals[i] for i in range(len(pcms))], interims[0]
+
+
+def served_talk(streaming, audios: list[np.ndarray]) -> Talk:
+    """Stream ``audios`` as the server serves them (``served_finals``) and count what comes out."""
+    finals, interims = served_finals(streaming, [(np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes()
+                                                 for audio in audios])
     seconds = sum(len(audio) for audio in audios) / 16000
     words = sum(len(text.split()) for text in finals)
-    return Talk(words / seconds, sum(len(text) for text in finals) / seconds, interims[0] / len(audios))
+    return Talk(words / seconds, sum(len(text) for text in finals) / seconds, interims / len(audios))
 
 
 # Greedy decoding emits a token where the blank logit loses to the best token's; a random encoder's
