@@ -42,21 +42,17 @@ def set_cpu_threads(requested: int, device: str) -> int:
     return requested
 
 
-def memory_note(device: torch.device) -> str:
+def memory_note(device: torch.device, peak: bool = False) -> str:
     """What the caching allocator holds on ``device``, for the load log: where a server's GPU
-    memory goes, stage by stage ("" off CUDA). Reserved memory includes CUDA-graph pools."""
+    memory goes, stage by stage ("" off CUDA). Reserved memory includes CUDA-graph pools. With
+    ``peak``, the most its tensors held since the last such call (which stage of a warm-up sets the
+    memory a server keeps), and the count starts again."""
     if device.type != "cuda":
         return ""
-    mib = 1 << 20
-    return (f" (GPU memory: {torch.cuda.memory_allocated(device) // mib} MiB in tensors, "
-            f"{torch.cuda.memory_reserved(device) // mib} MiB reserved)")
-
-
-def peak_note(device: torch.device) -> str:
-    """The most the allocator's tensors held on ``device`` since the last call, for the load log:
-    which stage of a warm-up sets the memory a server keeps ("" off CUDA)."""
-    if device.type != "cuda":
-        return ""
-    peak, reserved = torch.cuda.max_memory_allocated(device) >> 20, torch.cuda.memory_reserved(device) >> 20
-    torch.cuda.reset_peak_memory_stats(device)
-    return f" (GPU memory: at most {peak} MiB in tensors, {reserved} MiB reserved)"
+    reserved = torch.cuda.memory_reserved(device) >> 20
+    if not peak:
+        held = f"{torch.cuda.memory_allocated(device) >> 20}"
+    else:
+        held = f"at most {torch.cuda.max_memory_allocated(device) >> 20}"
+        torch.cuda.reset_peak_memory_stats(device)
+    return f" (GPU memory: {held} MiB in tensors, {reserved} MiB reserved)"

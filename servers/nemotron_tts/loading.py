@@ -67,11 +67,11 @@ def warm_up(engine: Engine, catalog: Catalog, text: str, most: int) -> float:
     kernels and memory here, not in a user's first request: on an H200 the first round of 16 and
     of 64 streams took 105 and 151 ms to first audio, later rounds 68 and 117), then a full batch
     of whole ones, to claim the peak memory."""
-    from nemotron_common.devices import peak_note
+    from nemotron_common.devices import memory_note
 
     started = time.monotonic()
     device = engine.model.device
-    peak_note(device)  # peaks from here on
+    memory_note(device, peak=True)  # peaks count from here
     prepared = catalog.prepare(text, None, "en" if "en" in catalog.languages else catalog.languages[0])
     streamed = [4 ** k for k in range(most.bit_length()) if 4 ** k < most] + [most]
     for preset, count in [(PRESETS["aggressive"], n) for n in streamed] + [(None, most)]:
@@ -87,5 +87,6 @@ def warm_up(engine: Engine, catalog: Catalog, text: str, most: int) -> float:
                 raise RuntimeError("warmup did not finish") from None
             if error:
                 raise RuntimeError(f"warmup failed: {error}")
-        logger.info(f"warm-up: {count} {'streamed' if preset else 'whole'} syntheses{peak_note(device)}")
+        kind = "streamed" if preset else "whole"
+        logger.info(f"warm-up: {count} {kind} syntheses{memory_note(device, peak=True)}")
     return time.monotonic() - started
