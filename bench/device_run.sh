@@ -15,9 +15,11 @@
 # (served with carried states against windowed, CFG),
 # tts-probes (first audio in process, continuous-batching costs), asr-profile (512-stream step),
 # memory-asr, memory-tts (GPU memory and start time per configured capacity), asr-invariance (one
-# clip as 1-256 identical streams: does the transcript depend on the batch size, bf16 and float32).
+# clip as 1-256 identical streams: does the transcript depend on the batch size, float32 and bf16, or
+# $INVARIANCE_DTYPES), asr-replay (each captured encoder step's replay time, this checkout's servers
+# and $BASELINE_SERVERS' if set).
 # ASR_STREAMS, TTS_STREAMS, MEMORY_ASR and MEMORY_TTS (comma-separated) replace the levels of
-# asr-graphs, tts-cfg, memory-asr and memory-tts.
+# asr-graphs and asr-baseline, tts-cfg, memory-asr and memory-tts.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 source bench/device_setup.sh real tts-real
@@ -30,6 +32,7 @@ for part in "$@"; do
         asr-graphs) timeout 250 python bench/asr_bench.py --model /tmp/asr-real.nemo --modes graphs \
                         --streams "${ASR_STREAMS:-1,16,64,256,512}" --out "$results/asr-graphs" 2>&1 | tail -7 ;;
         asr-baseline) timeout 250 python bench/asr_bench.py --model /tmp/asr-real.nemo --modes graphs \
+                          --streams "${ASR_STREAMS:-1,16,64,256,512}" \
                           --servers "${BASELINE_SERVERS:?the baseline servers directory}" \
                           --out "$results/asr-baseline" 2>&1 | tail -7 ;;
         asr-spread) timeout 200 python bench/asr_bench.py --model /tmp/asr-real.nemo --modes graphs \
@@ -59,8 +62,13 @@ for part in "$@"; do
         memory-tts) timeout 560 python bench/memory_bench.py --tts-model /tmp/tts-real.nemo \
                         --tts "${MEMORY_TTS:-4,16,64}" \
                         --out "$results/memory-tts" 2>&1 | tail -7 ;;
+        asr-replay)
+            for servers in servers ${BASELINE_SERVERS:-}; do
+                timeout 150 python bench/probes/asr_step_replay.py /tmp/asr-real.nemo --servers "$servers" \
+                    --sizes "${ASR_STREAMS:-1,16,64,512}" 2>&1 | tee -a "$results/asr_replay.txt" | grep '^{'
+            done ;;
         asr-invariance)
-            for dtype in bfloat16 float32; do
+            for dtype in ${INVARIANCE_DTYPES:-float32 bfloat16}; do
                 timeout 200 python bench/probes/asr_batch_invariance.py /tmp/asr-real.nemo --dtype $dtype \
                     --streams 1,16,64,256 2>&1 | tee -a "$results/asr_invariance.txt" | grep 'distinct finals'
             done ;;

@@ -16,13 +16,18 @@ _warmup_stream = None
 
 
 def shared_pool():
-    """The process's one graph memory pool (created on first use)."""
+    """The id of the process's one graph memory pool (created on first use).
+
+    The pool is held as a ``torch.cuda.MemPool``, which keeps it open for new captures. A bare
+    ``graph_pool_handle()`` closes with the last graph captured into it, and capturing into it again
+    fails an internal assert of PyTorch's allocator: that is what happens when one model is dropped
+    and another loaded in the same process (probes, tests)."""
     import torch
 
     global _shared_pool
     if _shared_pool is None:
-        _shared_pool = torch.cuda.graph_pool_handle()
-    return _shared_pool
+        _shared_pool = torch.cuda.MemPool()
+    return _shared_pool.id
 
 
 def _side_stream():
