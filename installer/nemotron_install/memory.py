@@ -19,11 +19,14 @@ from dataclasses import dataclass
 
 from .steps import Step
 
-# GPU MiB at READY by capacity (ASR: max_sessions = max_batch; TTS: max_batch), H200, random weights:
-# bench/results/memory-h200-run5.json where it measured the capacity, else memory-h200-run4.json
-# (measured before run 5's changes, which only lowered memory, so an upper bound).
-ASR_MIB = {16: 3622, 64: 4788, 256: 5014, 512: 7244}
-TTS_MIB = {4: 5204, 16: 7366, 64: 20032}
+# GPU MiB at READY by capacity (ASR: max_sessions = max_batch; TTS: max_batch), H200, random weights,
+# nvidia-smi per process tree: bench/results/memory-h200-run6.json (TTS), memory-h200-run5.json (ASR
+# 256 and 512) and voice-h200-run3.json (ASR 64 and TTS 16 at their defaults, in the full stack; TTS
+# 16 read higher there than alone, since its warm-up's whole-utterance round varies with the random
+# utterances, so the higher reading is kept). ASR 16 has no measurement of the current code: every
+# part of it grows with capacity, so the 64-session figure bounds it.
+ASR_MIB = {16: 3304, 64: 3304, 256: 5014, 512: 7244}
+TTS_MIB = {4: 4822, 16: 6922, 64: 17000}
 # Nemotron-3-Nano-30B-A3B weights (GiB) by mode: Q8_0 about 33 GB and the BF16 checkpoint about
 # 60 GB, as published; Q4_K_M scaled from Q8_0 by bits per weight (an estimate).
 LLM_WEIGHTS_GIB = {"llamacpp-q8": 30.7, "llamacpp-q4": 18.2, "vllm": 55.9}
