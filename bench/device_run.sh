@@ -18,6 +18,7 @@
 # clip as 1-256 identical streams: does the transcript depend on the batch size, float32 and bf16, or
 # $INVARIANCE_DTYPES), asr-replay (each captured encoder step's replay time, this checkout's servers
 # and $BASELINE_SERVERS' if set).
+# A part may be named more than once, to alternate two servers in one call.
 # ASR_STREAMS, TTS_STREAMS, MEMORY_ASR and MEMORY_TTS (comma-separated) replace the levels of
 # asr-graphs and asr-baseline, tts-cfg, memory-asr and memory-tts.
 set -uo pipefail
@@ -25,32 +26,38 @@ cd "$(dirname "$0")/.."
 source bench/device_setup.sh real tts-real
 results=${OUT:-bench-out}/work
 mkdir -p "$results"
+# A part named twice (A/B/A/B alternations) writes to NAME, NAME-2, NAME-3, ...
+fresh() {
+    local dir=$results/$1 n=2
+    while [ -e "$dir" ]; do dir=$results/$1-$n; n=$((n + 1)); done
+    echo "$dir"
+}
 for part in "$@"; do
     case $part in
-        asr) timeout 330 python bench/asr_bench.py --model /tmp/asr-real.nemo --out "$results/asr" 2>&1 |
+        asr) timeout 330 python bench/asr_bench.py --model /tmp/asr-real.nemo --out "$(fresh asr)" 2>&1 |
                  tail -14 ;;
         asr-graphs) timeout 250 python bench/asr_bench.py --model /tmp/asr-real.nemo --modes graphs \
-                        --streams "${ASR_STREAMS:-1,16,64,256,512}" --out "$results/asr-graphs" 2>&1 | tail -7 ;;
+                        --streams "${ASR_STREAMS:-1,16,64,256,512}" --out "$(fresh asr-graphs)" 2>&1 | tail -7 ;;
         asr-baseline) timeout 250 python bench/asr_bench.py --model /tmp/asr-real.nemo --modes graphs \
                           --streams "${ASR_STREAMS:-1,16,64,256,512}" \
                           --servers "${BASELINE_SERVERS:?the baseline servers directory}" \
-                          --out "$results/asr-baseline" 2>&1 | tail -7 ;;
+                          --out "$(fresh asr-baseline)" 2>&1 | tail -7 ;;
         asr-spread) timeout 200 python bench/asr_bench.py --model /tmp/asr-real.nemo --modes graphs \
-                        --streams 256,512 --spread-ms 160 --out "$results/asr-spread" 2>&1 | tail -5 ;;
+                        --streams 256,512 --spread-ms 160 --out "$(fresh asr-spread)" 2>&1 | tail -5 ;;
         tts) timeout 300 python bench/tts_bench.py --model /tmp/tts-real.nemo --configs cfg,no-cfg \
-                 --streams 1,16,64 --repeats 3 --out "$results/tts" 2>&1 | grep -v '^{' | tail -10 ;;
+                 --streams 1,16,64 --repeats 3 --out "$(fresh tts)" 2>&1 | grep -v '^{' | tail -10 ;;
         tts-cfg) timeout 250 python bench/tts_bench.py --model /tmp/tts-real.nemo --configs cfg \
-                     --streams "${TTS_STREAMS:-1,16,64}" --repeats 3 --out "$results/tts-cfg" 2>&1 | grep -v '^{' | tail -6 ;;
+                     --streams "${TTS_STREAMS:-1,16,64}" --repeats 3 --out "$(fresh tts-cfg)" 2>&1 | grep -v '^{' | tail -6 ;;
         tts-baseline) timeout 250 python bench/tts_bench.py --model /tmp/tts-real.nemo --configs cfg \
                           --streams 1,16,64 --repeats 3 --servers "${BASELINE_SERVERS:?the baseline servers directory}" \
-                          --out "$results/tts-baseline" 2>&1 | grep -v '^{' | tail -6 ;;
+                          --out "$(fresh tts-baseline)" 2>&1 | grep -v '^{' | tail -6 ;;
         tts-process) timeout 400 python bench/tts_bench.py --model /tmp/tts-real.nemo --configs cfg,cfg-process \
-                         --streams 1,16,64,128 --repeats 3 --out "$results/tts-process" 2>&1 | grep -v '^{' | tail -12 ;;
+                         --streams 1,16,64,128 --repeats 3 --out "$(fresh tts-process)" 2>&1 | grep -v '^{' | tail -12 ;;
         tts-codec) python bench/probes/tts_codec_profile.py /tmp/tts-real.nemo > "$results/tts_codec.txt" 2>&1
                    grep -A16 '^{' "$results/tts_codec.txt" ;;
         tts-codec-served) timeout 300 python bench/tts_bench.py --model /tmp/tts-real.nemo \
                               --configs cfg,cfg-windowed-codec --streams 1,16,64 --repeats 3 \
-                              --out "$results/tts-codec" 2>&1 | grep -v '^{' | tail -10 ;;
+                              --out "$(fresh tts-codec)" 2>&1 | grep -v '^{' | tail -10 ;;
         tts-probes)
             python bench/probes/tts_first_audio.py /tmp/tts-real.nemo 2>&1 | tee "$results/tts_first_audio.txt" |
                 grep '^{'
@@ -58,10 +65,10 @@ for part in "$@"; do
                 tee "$results/tts_continuous_check.txt" | grep '^{' ;;
         memory-asr) timeout 560 python bench/memory_bench.py --asr-model /tmp/asr-real.nemo \
                         --asr "${MEMORY_ASR:-16,64,256,512}" \
-                        --out "$results/memory-asr" 2>&1 | tail -8 ;;
+                        --out "$(fresh memory-asr)" 2>&1 | tail -8 ;;
         memory-tts) timeout 560 python bench/memory_bench.py --tts-model /tmp/tts-real.nemo \
                         --tts "${MEMORY_TTS:-4,16,64}" \
-                        --out "$results/memory-tts" 2>&1 | tail -7 ;;
+                        --out "$(fresh memory-tts)" 2>&1 | tail -7 ;;
         asr-replay)
             for servers in servers ${BASELINE_SERVERS:-}; do
                 timeout 150 python bench/probes/asr_step_replay.py /tmp/asr-real.nemo --servers "$servers" \
