@@ -6,8 +6,9 @@ one fixed batch through NeMo's loop. With ``continuous`` (and the static decoder
 join the running batch before every decoder step, up to ``max_batch``, and leave it at their own
 last frame; a long text of several sentence chunks, which NeMo generates with history carried from
 chunk to chunk, still runs alone. Frames are decoded to audio as they arrive: a ``stream``
-job sends a chunk as soon as its preset's frame count is ready, a ``batch`` job sends its audio when
-its last frame is made, and every job completes (``segment_complete``) at its own last frame.
+job sends a chunk as soon as its preset's frame count is ready, a ``batch`` job holds its chunks and
+sends its audio whole when its last frame is made, and every job completes (``segment_complete``) at
+its own last frame.
 Cancelling a job stops its audio at once and its generation at the next decoder step.
 """
 
@@ -17,7 +18,7 @@ import queue
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from loguru import logger
@@ -30,13 +31,25 @@ from .model import SpeechModel, Utterance
 __all__ = ["MODES", "PRESETS", "Engine", "Job", "Preset"]
 
 
+# Frames per chunk of a batch job. Its audio is decoded as its frames arrive, like a stream's, and
+# held until its last frame: decoded whole at the end, an utterance took the codec's activations for
+# all its frames at once, which set the memory a TTS server keeps (bench/results/memory-h200-run6.md),
+# and stalled every other stream for that call. Chunks of this size replay captured codec graphs.
+BATCH_CHUNK_FRAMES = 8
+
+
 @dataclass(eq=False)
 class _Running:
     """A job being generated: its incremental codec decoder and when its next chunk is due."""
     job: Job
     decoder: StreamDecoder
-    due: int  # frames the decoder must have before the next chunk is sent
+    due: int  # frames the decoder must have before the next chunk is decoded
     ended: bool = False  # its last frame is out
+    held: list[bytes] = field(default_factory=list)  # a batch job's audio, sent at its last frame
+
+    @classmethod
+    def start(cls, job: Job, decoder: StreamDecoder) -> _Running:
+        return cls(job, decoder, job.preset.first_frames if job.preset else BATCH_CHUNK_FRAMES)
 
     def utterance(self) -> Utterance:
         return Utterance(self.job.chunks, self.job.speaker, self.decoder.push, self.job.cancelled.is_set,
@@ -186,8 +199,7 @@ class Engine:
                 self._gather()  # a burst that finds the engine idle starts as one group
                 continue
             self.busy, self.heartbeat = True, time.monotonic()
-            new = [_Running(job, self.model.stream_decoder(), job.preset.first_frames if job.preset else 0)
-                   for job in joining]
+            new = [_Running.start(job, self.model.stream_decoder()) for job in joining]
             if self.metrics and joining:
                 self.metrics.started(joining)
             try:
@@ -221,8 +233,7 @@ class Engine:
         self.batches += 1
         self.batched_jobs += len(batch)
         self.largest_batch = max(self.largest_batch, len(batch))
-        running = [_Running(job, self.model.stream_decoder(), job.preset.first_frames if job.preset else 0)
-                   for job in batch]
+        running = [_Running.start(job, self.model.stream_decoder()) for job in batch]
         live = list(running)
 
         def on_step() -> None:
@@ -266,30 +277,41 @@ class Engine:
             raise exc  # the CUDA context is unusable: fail the engine, so systemd restarts the service
 
     def _flush(self, running: list[_Running], final: list[_Running]) -> list[_Running]:
-        """Send every streamed job's due chunk and the rest of each job in ``final``, in one codec
-        call, then complete those; returns the jobs still running."""
+        """Decode every job's due chunk and the rest of each job in ``final``, in one codec call;
+        send streamed chunks and the whole audio of finished batch jobs, then complete those;
+        returns the jobs still running."""
         windows = []
         for r in running:
+            if r.job.cancelled.is_set():
+                continue
             if r in final:
-                if not r.job.cancelled.is_set():
-                    windows.append((r.job, r.decoder.window(final=True)))
-            elif r.job.preset and not r.job.cancelled.is_set() and r.decoder.ready() >= r.due:
-                r.due = r.job.preset.chunk_frames
-                windows.append((r.job, r.decoder.window()))
-        windows = [(job, window) for job, window in windows if window is not None]
-        self._send_windows([job for job, _ in windows], [window for _, window in windows])
+                windows.append((r, r.decoder.window(final=True)))
+            elif r.decoder.ready() >= r.due:
+                r.due = r.job.preset.chunk_frames if r.job.preset else BATCH_CHUNK_FRAMES
+                windows.append((r, r.decoder.window()))
+        windows = [(r, window) for r, window in windows if window is not None]
+        self._decode_windows([r for r, _ in windows], [window for _, window in windows])
         for r in final:
+            if r.held and not r.job.cancelled.is_set():
+                self._send(r.job, b"".join(r.held))
             r.decoder.close()
             self.cancelled += r.job.cancelled.is_set()
             r.job.on_done(duration_ms(r.job.sent_bytes, self.model.sample_rate), None)
         return [r for r in running if r not in final]
 
-    def _send_windows(self, jobs: list[Job], windows: list) -> None:
-        for job, audio in zip(jobs, self.model.codec.decode(windows), strict=True):
-            if audio.numel():
-                pcm = to_pcm16(audio)
-                job.sent_bytes += len(pcm)
-                job.on_audio(pcm)
+    def _decode_windows(self, running: list[_Running], windows: list) -> None:
+        for r, audio in zip(running, self.model.codec.decode(windows), strict=True):
+            if not audio.numel():
+                continue
+            if r.job.preset:
+                self._send(r.job, to_pcm16(audio))
+            else:
+                r.held.append(to_pcm16(audio))
+
+    @staticmethod
+    def _send(job: Job, pcm: bytes) -> None:
+        job.sent_bytes += len(pcm)
+        job.on_audio(pcm)
 
 
 def _fatal(exc: Exception) -> bool:

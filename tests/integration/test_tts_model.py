@@ -320,6 +320,41 @@ def test_engine_finishes_a_job_at_its_own_last_frame(tiny_tts_model, continuous)
 
 
 @pytest.mark.parametrize("continuous", [False, True], ids=["fixed", "continuous"])
+def test_a_batch_job_is_decoded_in_chunks_and_sent_whole(tiny_tts_model, continuous):
+    """Batch mode decodes its frames as they arrive, in chunks, never the whole utterance in one
+    codec call (which set the server's memory), and still sends its audio in one piece: the audio of
+    its codes decoded whole."""
+    from nemotron_tts.audio import to_pcm16
+    from nemotron_tts.engine import BATCH_CHUNK_FRAMES, Engine, Job
+
+    model = SpeechModel(tiny_tts_model, "cpu", use_cfg=False)
+    decode, windows = model.codec.decode, []
+
+    def recording(group):
+        windows.extend(group)
+        return decode(group)
+
+    model.codec.decode = recording
+    pieces, done = [], threading.Event()
+    engine = Engine(model, max_batch=4, seed=1, continuous=continuous)
+    engine.submit(Job(model.tokenize(TEXT + " And a little more to say.", "en"), 1, client=object(),
+                      on_audio=pieces.append, on_done=lambda _ms, error: done.set(), preset=None))
+    engine.start()
+    try:
+        assert done.wait(120)
+    finally:
+        engine.stop()
+    frames = [window.codes.shape[-1] for window in windows]
+    assert len(frames) > 2 and max(frames) <= BATCH_CHUNK_FRAMES, frames
+    assert len(pieces) == 1
+    codes = torch.cat([window.codes for window in windows], dim=-1)
+    whole = torch.frombuffer(bytearray(to_pcm16(model.decode(codes.unsqueeze(0))[0])), dtype=torch.int16)
+    sent = torch.frombuffer(bytearray(pieces[0]), dtype=torch.int16)
+    assert sent.shape == whole.shape
+    assert (sent.int() - whole.int()).abs().max() <= 1
+
+
+@pytest.mark.parametrize("continuous", [False, True], ids=["fixed", "continuous"])
 def test_a_job_the_model_cannot_take_fails_alone(tiny_tts_model, continuous):
     """A segment that breaks the model mid-batch (a token id past the text embedding: what an
     over-long text did before admission checked it) fails; the others of its batch get their audio."""
