@@ -25,6 +25,13 @@ def llamacpp(config: LLMConfig, model: str, key_file: Path | None = None) -> lis
             # up to 8 GiB of host memory, which is GPU memory on a Spark. The bots keep each
             # conversation in its own slot, whose context stays on the GPU, so the copy buys nothing.
             "--cache-ram", "0"]
+    if config.parallel > 1:
+        # One KV buffer for every slot, each slot still held to its share of the context. With a
+        # buffer per slot, llama.cpp puts only consecutively numbered slots of a hybrid (Mamba)
+        # model like Nemotron-3-Nano into one forward pass, so conversations on scattered slots
+        # cost a pass each, every step: decoding on slots 0, 2, 4, 6 ran at about 60 % of slots
+        # 0-3 (bench/results/llama-cpp-kv-unified-cpu.md).
+        argv += ["--kv-unified", "--kv-unified-per-slot", str(config.ctx_size // config.parallel)]
     if key_file is not None:
         argv += ["--api-key-file", str(key_file)]  # read by llama-server itself: never on argv
     if config.mode == "llamacpp-q4":

@@ -52,6 +52,12 @@ def llm(gguf):
     proc.terminate()
 
 
+def test_slots_share_one_kv_buffer_each_held_to_its_share(llm):
+    props = json.load(urllib.request.urlopen(llm.base + "/props", timeout=10))
+    assert props["default_generation_settings"]["n_ctx"] == 512  # 1024 tokens for 2 slots
+    assert "kv_unified = 'true'" in llm.log()
+
+
 def test_ready_only_once_health_is_200(llm):
     fields = llm.notify.fields()
     assert any(f.startswith("STATUS=loading llamacpp-q8") for f in fields[:fields.index("READY=1")])

@@ -19,6 +19,12 @@ def test_llamacpp_q8_command_line():
                  "--cache-ram 0"):  # no idle-slot copies into a host-RAM cache before each request
         assert part in joined
     assert "--cache-type-k" not in joined
+    assert "--kv-unified" not in joined  # one slot: nothing to share
+
+
+def test_llamacpp_slots_share_one_kv_buffer_each_held_to_its_share():
+    joined = " ".join(engine.command(LLMConfig(mode="llamacpp-q8", ctx_size=122880, parallel=20), "/m.gguf"))
+    assert "--parallel 20 " in joined and "--kv-unified --kv-unified-per-slot 6144" in joined
 
 
 def test_llamacpp_q4_adds_the_recipe_extras():
