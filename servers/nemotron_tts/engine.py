@@ -25,17 +25,18 @@ from loguru import logger
 
 from .audio import duration_ms, to_pcm16
 from .codec import StreamDecoder
+from .codec_states import GRAPH_FRAMES
 from .interface import MODES, PRESETS, Job, Preset
 from .model import SpeechModel, Utterance
 
 __all__ = ["MODES", "PRESETS", "Engine", "Job", "Preset"]
 
 
-# Frames per chunk of a batch job. Its audio is decoded as its frames arrive, like a stream's, and
-# held until its last frame: decoded whole at the end, an utterance took the codec's activations for
-# all its frames at once, which set the memory a TTS server keeps (bench/results/memory-h200-run6.md),
-# and stalled every other stream for that call. Chunks of this size replay captured codec graphs.
-BATCH_CHUNK_FRAMES = 8
+# How a batch job's audio is cut. It is decoded as its frames arrive, like a stream's, and held until
+# its last frame: decoded whole at the end, an utterance took the codec's activations for all its
+# frames at once, which set the memory a TTS server keeps (bench/results/memory-h200-run6.md), and
+# stalled every other stream for that call. Chunks of the longest captured length replay codec graphs.
+BATCH_CHUNKS = Preset(first_frames=GRAPH_FRAMES, chunk_frames=GRAPH_FRAMES)
 
 
 @dataclass(eq=False)
@@ -49,7 +50,7 @@ class _Running:
 
     @classmethod
     def start(cls, job: Job, decoder: StreamDecoder) -> _Running:
-        return cls(job, decoder, job.preset.first_frames if job.preset else BATCH_CHUNK_FRAMES)
+        return cls(job, decoder, (job.preset or BATCH_CHUNKS).first_frames)
 
     def utterance(self) -> Utterance:
         return Utterance(self.job.chunks, self.job.speaker, self.decoder.push, self.job.cancelled.is_set,
@@ -287,7 +288,7 @@ class Engine:
             if r in final:
                 windows.append((r, r.decoder.window(final=True)))
             elif r.decoder.ready() >= r.due:
-                r.due = r.job.preset.chunk_frames if r.job.preset else BATCH_CHUNK_FRAMES
+                r.due = (r.job.preset or BATCH_CHUNKS).chunk_frames
                 windows.append((r, r.decoder.window()))
         windows = [(r, window) for r, window in windows if window is not None]
         self._decode_windows([r for r, _ in windows], [window for _, window in windows])

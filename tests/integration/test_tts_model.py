@@ -325,7 +325,7 @@ def test_a_batch_job_is_decoded_in_chunks_and_sent_whole(tiny_tts_model, continu
     codec call (which set the server's memory), and still sends its audio in one piece: the audio of
     its codes decoded whole."""
     from nemotron_tts.audio import to_pcm16
-    from nemotron_tts.engine import BATCH_CHUNK_FRAMES, Engine, Job
+    from nemotron_tts.engine import BATCH_CHUNKS, Engine, Job
 
     model = SpeechModel(tiny_tts_model, "cpu", use_cfg=False)
     decode, windows = model.codec.decode, []
@@ -345,7 +345,7 @@ def test_a_batch_job_is_decoded_in_chunks_and_sent_whole(tiny_tts_model, continu
     finally:
         engine.stop()
     frames = [window.codes.shape[-1] for window in windows]
-    assert len(frames) > 2 and max(frames) <= BATCH_CHUNK_FRAMES, frames
+    assert len(frames) > 2 and max(frames) <= BATCH_CHUNKS.chunk_frames, frames
     assert len(pieces) == 1
     codes = torch.cat([window.codes for window in windows], dim=-1)
     whole = torch.frombuffer(bytearray(to_pcm16(model.decode(codes.unsqueeze(0))[0])), dtype=torch.int16)
