@@ -14,8 +14,12 @@ import json
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import aiohttp
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from serving import stop, wait_ready  # noqa: E402 - bench/ is not a package
 
 PORT = 8765
 TOKENS = 300
@@ -32,14 +36,6 @@ async def decode(session: aiohttp.ClientSession, slot: int, text: str) -> None:
 
 async def rounds(slots: tuple[int, ...]) -> list[int]:
     async with aiohttp.ClientSession() as session:
-        for _ in range(300):
-            try:
-                async with session.get(f"http://127.0.0.1:{PORT}/health") as response:
-                    if response.status == 200:
-                        break
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.2)
         speeds = []
         for index in range(2):
             started = time.perf_counter()
@@ -55,10 +51,10 @@ def main(server: str, model: str) -> None:
                     "--cache-ram", "0"] + (["--kv-unified"] if unified else [])
             process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             try:
+                wait_ready(PORT, process, timeout=60)
                 speeds = asyncio.run(rounds(slots))
             finally:
-                process.terminate()
-                process.wait()
+                stop(process)
             print(json.dumps({"kv_unified": unified, "slots": slots, "tokens_per_s": speeds}), flush=True)
 
 
