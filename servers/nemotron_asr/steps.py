@@ -71,7 +71,7 @@ class CachePool:
         self.channel_len.index_fill_(0, index, 0)
 
     def gather(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Copies of the streams' caches in NeMo's layout (for probes and tests)."""
+        """Copies of the streams' caches in NeMo's stacked layout."""
         return (self.channel.index_select(1, index), self.time.index_select(1, index),
                 self.channel_len.index_select(0, index))
 
@@ -135,18 +135,29 @@ def pool_layers(encoder) -> int:
     return len(layers)
 
 
+# Buckets of at most this many streams read and write their caches stacked, as NeMo does; larger
+# ones layer by layer. Layer by layer holds one layer's caches at a time instead of three copies of
+# every layer's, which is what bounds a large bucket's graph memory, but it takes four small copies
+# per layer: at 1-16 streams that costs more time (about 0.3 ms a step) than the stacked copies,
+# whose memory there is small (bench/results/asr-h200-run16.md, asr-h200-run19.md).
+STACKED_UP_TO = 16
+
+
 class EagerStep:
     """One step of ``kind`` for the streams whose cache slots are ``index``; returns the encoder
     output and its lengths and keeps the streams' new caches in the pool.
 
     This is NeMo's ``cache_aware_stream_step`` (the encoder's ``forward`` and
-    ``streaming_post_process``) with the caches handed over layer by layer (``StepCaches``); the
-    encoder's layers must be switched by ``pool_layers``."""
+    ``streaming_post_process``). ``layered``: the caches are handed over layer by layer
+    (``StepCaches``; the encoder's layers must be switched by ``pool_layers``); otherwise the
+    streams' caches are gathered into NeMo's stacked layout and its new ones scattered back."""
 
-    def __init__(self, encoder, kind: StepKind, pool: CachePool) -> None:
-        self.encoder, self.kind, self.pool = encoder, kind, pool
+    def __init__(self, encoder, kind: StepKind, pool: CachePool, layered: bool = True) -> None:
+        self.encoder, self.kind, self.pool, self.layered = encoder, kind, pool, layered
 
     def __call__(self, features, lengths, index):
+        if not self.layered:
+            return self._stacked(features, lengths, index)
         encoder, cfg = self.encoder, self.encoder.streaming_cfg
         caches = StepCaches(self.pool, index, cfg.last_channel_cache_size)
         channel_len = self.pool.channel_len.index_select(0, index)
@@ -166,11 +177,25 @@ class EagerStep:
         self.pool.channel_len.index_copy_(0, index, channel_len.to(self.pool.channel_len.dtype))
         return encoded, encoded_len
 
+    def _stacked(self, features, lengths, index):
+        pool = self.pool
+        channel, time, channel_len = pool.gather(index)
+        encoded, encoded_len, channel, time, channel_len = self.encoder.cache_aware_stream_step(
+            processed_signal=features, processed_signal_length=lengths, cache_last_channel=channel,
+            cache_last_time=time, cache_last_channel_len=channel_len,
+            keep_all_outputs=self.kind.keep_all_outputs,
+            drop_extra_pre_encoded=self.kind.drop_extra_pre_encoded)
+        pool.channel.index_copy_(1, index, channel.to(pool.channel.dtype))
+        pool.time.index_copy_(1, index, time.to(pool.time.dtype))
+        pool.channel_len.index_copy_(0, index, channel_len.to(pool.channel_len.dtype))
+        return encoded, encoded_len
+
 
 class GraphStep:
     """Replays a captured step, cache gather and scatter included; batches are padded up to the
     smallest bucket that holds them, the padding rows pointing at the pool's padding slot.
-    Buckets are captured one by one (``add``); a batch larger than every bucket runs eagerly."""
+    Buckets are captured one by one (``add``); a batch larger than every bucket runs eagerly.
+    Small buckets use stacked caches, larger ones layer by layer (``STACKED_UP_TO``)."""
 
     def __init__(self, encoder, kind: StepKind, pool: CachePool, dtype: torch.dtype) -> None:
         self.eager = EagerStep(encoder, kind, pool)
@@ -187,9 +212,10 @@ class GraphStep:
         lengths = torch.full((size,), self.kind.frames, device=device, dtype=torch.long)
         index = torch.full((size,), self.pool.padding_slot, device=device, dtype=torch.long)
         inputs = (features, lengths, index)
+        step = EagerStep(encoder, self.kind, self.pool, layered=size > STACKED_UP_TO)
         # The outputs stay in the pool: each step's are consumed (decoded) on the engine's stream
         # before the next encoder step replays.
-        graph, outputs = capture(lambda: self.eager(*inputs), warmup_runs=3, copy_outputs=False)
+        graph, outputs = capture(lambda: step(*inputs), warmup_runs=3, copy_outputs=False)
         return graph, inputs, outputs
 
     def __call__(self, features, lengths, index):

@@ -1,5 +1,5 @@
-"""The engine's encoder steps, caches handed over layer by layer, against NeMo's own streaming step
-(real NeMo, tiny model, float32 CPU)."""
+"""The engine's encoder steps, caches handed over layer by layer or stacked, against NeMo's own
+streaming step (real NeMo, tiny model, float32 CPU)."""
 
 import copy
 
@@ -26,7 +26,8 @@ def test_every_conformer_layer_is_switched(encoders):
     assert all(type(layer) is steps.PooledCacheLayer for layer in pooled.layers)
 
 
-def test_steps_equal_nemo_and_touch_only_their_streams_caches(encoders):
+@pytest.mark.parametrize("layered", [True, False], ids=["layer-by-layer", "stacked"])
+def test_steps_equal_nemo_and_touch_only_their_streams_caches(encoders, layered):
     original, pooled, _ = encoders
     kinds = steps.step_kinds(original.streaming_cfg, lead=2)
     torch.manual_seed(0)
@@ -48,7 +49,7 @@ def test_steps_equal_nemo_and_touch_only_their_streams_caches(encoders):
                 processed_signal=features, processed_signal_length=lengths, cache_last_channel=channel,
                 cache_last_time=time, cache_last_channel_len=channel_len,
                 keep_all_outputs=kind.keep_all_outputs, drop_extra_pre_encoded=kind.drop_extra_pre_encoded)
-            encoded, encoded_len = steps.EagerStep(pooled, kind, pool)(features, lengths, index)
+            encoded, encoded_len = steps.EagerStep(pooled, kind, pool, layered)(features, lengths, index)
         actual = (encoded, encoded_len, *pool.gather(index))
         for name_, ours, nemo in zip(("encoded", "length", "channel", "time", "channel length"), actual,
                                      expected, strict=True):
