@@ -20,7 +20,7 @@
 # and $BASELINE_SERVERS' if set).
 # A part may be named more than once, to alternate two servers in one call.
 # ASR_STREAMS, TTS_STREAMS, MEMORY_ASR and MEMORY_TTS (comma-separated) replace the levels of
-# asr-graphs and asr-baseline, tts-cfg, memory-asr and memory-tts.
+# asr-graphs and asr-baseline, tts-cfg and tts-baseline, memory-asr and memory-tts.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 source bench/device_setup.sh real tts-real
@@ -49,7 +49,7 @@ for part in "$@"; do
         tts-cfg) timeout 250 python bench/tts_bench.py --model /tmp/tts-real.nemo --configs cfg \
                      --streams "${TTS_STREAMS:-1,16,64}" --repeats 3 --out "$(fresh tts-cfg)" 2>&1 | grep -v '^{' | tail -6 ;;
         tts-baseline) timeout 250 python bench/tts_bench.py --model /tmp/tts-real.nemo --configs cfg \
-                          --streams 1,16,64 --repeats 3 --servers "${BASELINE_SERVERS:?the baseline servers directory}" \
+                          --streams "${TTS_STREAMS:-1,16,64}" --repeats 3 --servers "${BASELINE_SERVERS:?the baseline servers directory}" \
                           --out "$(fresh tts-baseline)" 2>&1 | grep -v '^{' | tail -6 ;;
         tts-process) timeout 400 python bench/tts_bench.py --model /tmp/tts-real.nemo --configs cfg,cfg-process \
                          --streams 1,16,64,128 --repeats 3 --out "$(fresh tts-process)" 2>&1 | grep -v '^{' | tail -12 ;;

@@ -20,12 +20,11 @@ from dataclasses import dataclass
 from .steps import Step
 
 # GPU MiB at READY by capacity (ASR: max_sessions = max_batch; TTS: max_batch), H200, random weights,
-# nvidia-smi per process tree: bench/results/memory-h200-run6.json (TTS), memory-h200-run5.json (ASR
-# 256 and 512) and voice-h200-run3.json (ASR 64 and TTS 16 at their defaults, in the full stack; TTS
-# 16 read higher there than alone, since its warm-up's whole-utterance round varies with the random
-# utterances, so the higher reading is kept). ASR 16 has no measurement of the current code: every
-# part of it grows with capacity, so the 64-session figure bounds it.
-ASR_MIB = {16: 3304, 64: 3304, 256: 5014, 512: 7244}
+# nvidia-smi per process tree: bench/results/memory-h200-run7.json (ASR 16 and 64, TTS 16 and 64),
+# memory-h200-run6.json (TTS 4), memory-h200-run5.json (ASR 256 and 512) and voice-h200-run3.json
+# (TTS 16 at its default in the full stack: it read higher there than alone, 6922 against 6054 and
+# 6480, since its warm-up varies with the random utterances, so the highest reading is kept).
+ASR_MIB = {16: 3024, 64: 3444, 256: 5014, 512: 7244}
 TTS_MIB = {4: 4822, 16: 6922, 64: 17000}
 # Nemotron-3-Nano-30B-A3B weights (GiB) by mode: Q8_0 about 33 GB and the BF16 checkpoint about
 # 60 GB, as published; Q4_K_M scaled from Q8_0 by bits per weight (an estimate).
