@@ -14,7 +14,8 @@
 # tts-codec (codec call: carried states, eager and graphs, against windowed), tts-codec-served
 # (served with carried states against windowed, CFG),
 # tts-probes (first audio in process, continuous-batching costs), asr-profile (512-stream step),
-# memory-asr, memory-tts (GPU memory and start time per configured capacity), asr-invariance (one
+# memory-asr, memory-tts (GPU memory and start time per configured capacity), tts-peak (what is
+# alive at TTS's memory peak, by allocating code; batch $MEMORY_TTS or 64), asr-invariance (one
 # clip as 1-256 identical streams: does the transcript depend on the batch size, float32 and bf16, or
 # $INVARIANCE_DTYPES), asr-replay (each captured encoder step's replay time, this checkout's servers
 # and $BASELINE_SERVERS' if set).
@@ -69,6 +70,9 @@ for part in "$@"; do
         memory-tts) timeout 560 python bench/memory_bench.py --tts-model /tmp/tts-real.nemo \
                         --tts "${MEMORY_TTS:-4,16,64}" \
                         --out "$(fresh memory-tts)" 2>&1 | tail -7 ;;
+        tts-peak) timeout 400 python bench/probes/tts_memory_peak.py /tmp/tts-real.nemo \
+                      --max-batch "${MEMORY_TTS:-64}" > "$results/tts_peak.txt" 2>&1
+                  grep -v ' | \|^\[NeMo\|Warning\|warn' "$results/tts_peak.txt" | tail -30 ;;
         asr-replay)
             for servers in servers ${BASELINE_SERVERS:-}; do
                 timeout 150 python bench/probes/asr_step_replay.py /tmp/asr-real.nemo --servers "$servers" \
