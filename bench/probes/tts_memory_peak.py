@@ -20,6 +20,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "servers"))
 
 MIB = 1024 * 1024
+HISTORY = 1_000_000  # allocator events kept (the newest); a warm-up at batch 64 makes more
 
 
 def _where(frames: list[dict]) -> str:
@@ -65,7 +66,7 @@ def main(model: Path, max_batch: int, top: int) -> None:
     from nemotron_tts.loading import load_engine
 
     torch.cuda.memory._record_memory_history(enabled="all", context="alloc", stacks="python",
-                                             max_entries=1_000_000)
+                                             max_entries=HISTORY)
     config = TTSConfig(model=str(model), device="cuda", max_batch=max_batch)
     loaded = load_engine(config, model, None, lambda *_: None)
     snapshot = torch.cuda.memory._snapshot()
@@ -80,6 +81,9 @@ def main(model: Path, max_batch: int, top: int) -> None:
         group[1] += 1
     print(f"{torch.cuda.get_device_name()}, TTS max_batch {max_batch}, random weights: {len(events)} "
           f"allocator events, peak {peak / MIB:.0f} MiB allocated, {len(live)} blocks alive at it")
+    if len(events) >= HISTORY:
+        print(f"(only the newest {HISTORY} events were kept: what was allocated before them, weights and "
+              "caches among it, is not counted, so the peak is of what the later part allocated)")
     print(f"at READY: {torch.cuda.memory_allocated() / MIB:.0f} MiB allocated, "
           f"{torch.cuda.memory_reserved() / MIB:.0f} MiB reserved")
     for where, (size, count) in sorted(groups.items(), key=lambda item: -item[1][0])[:top]:

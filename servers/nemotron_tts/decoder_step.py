@@ -21,6 +21,35 @@ import torch
 
 from .graphs import GraphPool, bucket_for, buckets_up_to
 
+# The prompt runs through NeMo at most this many decoder rows at a time (16 utterances with CFG, the
+# default batch). NeMo's pass keeps every layer's keys, values and text memory for all its rows until
+# they are copied into the fixed caches: 2.8 GB for a batch of 64 with CFG, the largest transient of
+# the server, which the caching allocator then keeps reserved (bench/results/memory-h200-run8.md).
+PREFILL_ROWS = 32
+
+
+def _rows(value, start: int, stop: int):
+    """``value``'s rows ``[start, stop)``: tensors sliced on their first dimension, lists and tuples
+    element by element, anything else as it is."""
+    if isinstance(value, torch.Tensor):
+        return value[start:stop]
+    if isinstance(value, (list, tuple)):
+        return type(value)(_rows(item, start, stop) for item in value)
+    return value
+
+
+def _join(parts: list):
+    """The inverse of ``_rows`` over consecutive groups: tensors concatenated on their first
+    dimension, lists, tuples and dicts joined element by element."""
+    first = parts[0]
+    if isinstance(first, torch.Tensor):
+        return torch.cat(parts)
+    if isinstance(first, (list, tuple)):
+        return type(first)(_join(list(items)) for items in zip(*parts, strict=True))
+    if isinstance(first, dict):
+        return {key: _join([part[key] for part in parts]) for key in first}
+    return first
+
 
 def supported(model) -> str | None:
     """Why the static step cannot stand in for this model's decoder, or None if it can."""
@@ -153,17 +182,22 @@ class StaticDecoder:
         positions = length + self.model.inference_parameters.max_decoder_steps + 1
         if positions > self.max_positions or text > self.max_text:
             self._allocate(max(self.max_positions, positions), max(self.max_text, -(-text // 64) * 64))
-        self.decoder.reset_cache(use_cache=True)
-        result = type(self.model).forward(self.model, dec_input_embedded, dec_input_mask, cond, cond_mask,
-                                          attn_prior, encoder_mapping)
         targets = torch.tensor(self._targets or range(rows), device=self.device)
-        for index, layer in enumerate(self.layers):
-            own, cross = layer.self_attention.cache, layer.cross_attention.cache
-            self.self_k[index][targets, :, :length] = own["self_k"].transpose(1, 2)
-            self.self_v[index][targets, :, :length] = own["self_v"].transpose(1, 2)
-            self.cross_k[index][targets, :, :text] = cross["cross_k"].transpose(1, 2)
-            self.cross_v[index][targets, :, :text] = cross["cross_v"].transpose(1, 2)
+        inputs = (dec_input_embedded, dec_input_mask, cond, cond_mask, attn_prior)
+        results = []
+        for start in range(0, rows, PREFILL_ROWS):
+            stop = min(rows, start + PREFILL_ROWS)
+            self.decoder.reset_cache(use_cache=True)
+            results.append(type(self.model).forward(self.model, *_rows(inputs, start, stop), encoder_mapping))
+            rows_here = targets[start:stop]
+            for index, layer in enumerate(self.layers):
+                own, cross = layer.self_attention.cache, layer.cross_attention.cache
+                self.self_k[index][rows_here, :, :length] = own["self_k"].transpose(1, 2)
+                self.self_v[index][rows_here, :, :length] = own["self_v"].transpose(1, 2)
+                self.cross_k[index][rows_here, :, :text] = cross["cross_k"].transpose(1, 2)
+                self.cross_v[index][rows_here, :, :text] = cross["cross_v"].transpose(1, 2)
         self.decoder.reset_cache(use_cache=True)  # free NeMo's copies; later steps never read them
+        result = results[0] if len(results) == 1 else _join(results)
         self.text_mask[targets] = False
         self.text_mask[targets, :text] = cond_mask
         self.prior[:, targets] = 1.0

@@ -249,10 +249,26 @@ def cached_pair(request, tiny_tts_model):
             for static in (False, True)]
 
 
-def test_static_decoder_step_draws_nemos_codes(cached_pair):
+@pytest.mark.parametrize("prefill_rows", [None, 2], ids=["prompt-whole", "prompt-in-row-groups"])
+def test_static_decoder_step_draws_nemos_codes(cached_pair, prefill_rows, monkeypatch):
     """Own decoder step (fixed-size caches) against NeMo's cached decoder: same seed, same codes,
-    for a batch of voices and text lengths, and every step after the prompt really ran it."""
+    for a batch of voices and text lengths, and every step after the prompt really ran it; also
+    with the prompt run through NeMo a few rows at a time (``PREFILL_ROWS``, which bounds its memory)."""
+    from nemotron_tts import decoder_step
+
     nemo, static = cached_pair
+    forward = type(static.model).forward
+    prompt_rows = []
+
+
+    def counted(model, *args, **kwargs):
+        if model is static.model:  # only the static decoder's prompt calls NeMo's forward
+            prompt_rows.append(len(args[0]))
+        return forward(model, *args, **kwargs)
+
+    monkeypatch.setattr(type(static.model), "forward", counted)
+    if prefill_rows:
+        monkeypatch.setattr(decoder_step, "PREFILL_ROWS", prefill_rows)
     texts = [TEXT, "A second voice says something else entirely.", "Short one."]
     steps = []
     step = static.static.step
@@ -271,6 +287,9 @@ def test_static_decoder_step_draws_nemos_codes(cached_pair):
             longest = max(codes.shape[-1] for codes in results[1])
             assert len(steps) == longest - 1  # every frame but the prompt's
             steps.clear()
+        rows = len(texts) * static.rows_per_utterance
+        group = prefill_rows or rows
+        assert prompt_rows == [min(group, rows - start) for start in range(0, rows, group)] * 3
     finally:
         del static.static.step
 
@@ -433,10 +452,15 @@ def test_continuous_batch_draws_nemos_codes_while_its_items_are_the_same(cached_
     assert whole >= 1  # at least one seed ran all three to the end together
 
 
-def test_items_joining_and_leaving_at_any_step_keep_their_own_codes(cached_pair):
+@pytest.mark.parametrize("prefill_rows", [None, 1], ids=["prompt-whole", "prompt-row-by-row"])
+def test_items_joining_and_leaving_at_any_step_keep_their_own_codes(cached_pair, prefill_rows, monkeypatch):
     """With deterministic sampling (top-1) an item's codes cannot depend on its company: joining a
     running batch, rows moving when others leave, and the CFG row pairs must all leave them equal to
-    the item generated alone."""
+    the item generated alone; also with the prompt's caches written into their rows a row at a time."""
+    from nemotron_tts import decoder_step
+
+    if prefill_rows:
+        monkeypatch.setattr(decoder_step, "PREFILL_ROWS", prefill_rows)
     static = cached_pair[1]
     params = static.model.inference_parameters
     topk = params.topk
