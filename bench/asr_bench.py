@@ -3,7 +3,9 @@
 Builds (once) a random-weight model of the real shape, then for each mode starts ``nemotron-asr``
 as a subprocess, waits for READY (``/health`` 200), drives it with ``bench/asr_load.py`` at each
 stream count, stops it with SIGTERM, and writes a JSON file and a Markdown table. Random weights:
-only the timings mean anything.
+only the timings mean anything. ``--instances N`` starts N servers on consecutive ports, each sized
+for its share of the largest level, and splits every level's streams evenly between them: several
+engine processes on one GPU.
 
     python bench/asr_bench.py --shape real --streams 1,64,256,512 --out results/
 """
@@ -64,14 +66,16 @@ def _steps_between(before: dict, after: dict) -> dict:
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("bench-out"))
 @click.option("--servers", type=click.Path(file_okay=False, path_type=Path), default=ROOT / "servers",
               show_default=True, help="the servers' code to run (another checkout's, for a baseline)")
-@click.option("--port", default=18080, show_default=True)
+@click.option("--port", default=18080, show_default=True, help="the first server's port")
+@click.option("--instances", default=1, show_default=True,
+              help="servers on one device, each taking an equal share of every level's streams")
 @click.option("--step-timing/--no-step-timing", default=False, show_default=True,
               help="exact per-phase step times in the results (the server then syncs the GPU each phase)")
 @click.option("--spread-ms", default=0.0, show_default=True,
               help="start each level's streams evenly over this window (0: together, the worst case "
                    "for time to final: every reset lands at once)")
 def main(shape, model_path, modes, streams, seconds, frame_ms, large_frame_ms, procs, right_context,
-         out, servers, port, step_timing, spread_ms) -> None:
+         out, servers, port, instances, step_timing, spread_ms) -> None:
     from asr_load import run_level
     from serving import device_name, stop, wait_ready
 
@@ -87,50 +91,61 @@ def main(shape, model_path, modes, streams, seconds, frame_ms, large_frame_ms, p
             click.echo(f"built {model_path} in {time.monotonic() - started:.0f} s", err=True)
     counts = [int(n) for n in streams.split(",")]
     report = {"device": device_name(), "model": model_path.name, "right_context": right_context,
-              "servers": str(servers), "runs": {}}
+              "servers": str(servers), "instances": instances, "runs": {}}
+    capacity = -(-max(counts) // instances)
+    ports = [port + i for i in range(instances)]
     for mode in modes.split(","):
-        log = (out / f"server-{mode}.log").open("w")
-        process = subprocess.Popen(
-            [sys.executable, "-m", "nemotron_asr", "--model", str(model_path), "--port", str(port),
-             "--right-context", str(right_context), "--max-sessions", str(max(counts)),
-             "--max-batch", str(max(counts)), *MODES[mode],
-             *(["--step-timing"] if step_timing else [])],
-            stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": os.pathsep.join(
-                filter(None, [str(servers.resolve()), os.environ.get("PYTHONPATH")]))})
+        processes = []
+        for index, server_port in enumerate(ports):
+            name = f"server-{mode}" + (f"-{index + 1}" if instances > 1 else "")
+            processes.append(subprocess.Popen(
+                [sys.executable, "-m", "nemotron_asr", "--model", str(model_path), "--port", str(server_port),
+                 "--right-context", str(right_context), "--max-sessions", str(capacity),
+                 "--max-batch", str(capacity), *MODES[mode], *(["--step-timing"] if step_timing else [])],
+                stdout=(out / f"{name}.log").open("w"), stderr=subprocess.STDOUT,
+                env={**os.environ, "PYTHONPATH": os.pathsep.join(
+                    filter(None, [str(servers.resolve()), os.environ.get("PYTHONPATH")]))}))
         try:
-            ready_s = wait_ready(port, process, 900)
-            click.echo(f"{mode}: server ready after {ready_s:.0f} s", err=True)
+            ready_s = max(wait_ready(server_port, process, 900)
+                          for server_port, process in zip(ports, processes, strict=True))
+            click.echo(f"{mode}: {instances} server(s) ready after {ready_s:.0f} s", err=True)
             rows = []
-            health = _health(port)
+            health = [_health(server_port) for server_port in ports]
             for count in counts:
                 size = frame_ms if count < 128 else large_frame_ms
                 try:
-                    row = run_level(f"ws://127.0.0.1:{port}/", count, seconds, size, procs, 500.0,
-                                    spread_ms)
-                except Exception as exc:  # noqa: BLE001 - record it, dump the server's threads, go on
-                    process.send_signal(signal.SIGUSR1)
+                    row = run_level([f"ws://127.0.0.1:{server_port}/" for server_port in ports], count,
+                                    seconds, size, procs, 500.0, spread_ms)
+                except Exception as exc:  # noqa: BLE001 - record it, dump the servers' threads, go on
+                    for process in processes:
+                        process.send_signal(signal.SIGUSR1)
                     time.sleep(2)
                     row = {"streams": count, "frame_ms": size, "error": f"{type(exc).__name__}: {exc}"}
                 time.sleep(1.2)  # the engine process reports its step statistics once a second
-                before, health = health, _health(port)
-                row["steps"] = _steps_between(before.get("steps", {}), health.get("steps", {}))
+                before, health = health, [_health(server_port) for server_port in ports]
+                steps = [_steps_between(then.get("steps", {}), now.get("steps", {}))
+                         for then, now in zip(before, health, strict=True)]
+                row["steps"] = steps[0] if instances == 1 else steps
                 click.echo(f"{mode}: {json.dumps(row)}", err=True)
                 rows.append(row)
-            report["runs"][mode] = {"ready_s": round(ready_s, 1), "rows": rows, "health": health}
+            report["runs"][mode] = {"ready_s": round(ready_s, 1), "rows": rows,
+                                    "health": health[0] if instances == 1 else health}
         finally:
-            stop(process)
+            for process in processes:
+                stop(process)
         (out / "asr_bench.json").write_text(json.dumps(report, indent=1))
     spread = f", stream starts spread over {spread_ms:g} ms" if spread_ms else ""
+    split = f", {instances} servers sharing the streams" if instances > 1 else ""
     lines = [f"ASR time to final, {report['device']}, random weights ({model_path.name}), "
-             f"right context {right_context}{spread}", "",
+             f"right context {right_context}{spread}{split}", "",
              "| mode | streams | frame ms | TTF p50 | p95 | p99 | max | real-time streams | errors "
-             "| words/s per stream | interims per stream |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| words/s per stream | characters/s per stream | interims per stream |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     silent = []
     for mode, run in report["runs"].items():
         for r in run["rows"]:
             keys = ("streams", "frame_ms", "ttf_p50_ms", "ttf_p95_ms", "ttf_p99_ms", "ttf_max_ms",
-                    "realtime_streams", "errors", "words_per_second", "mean_interims")
+                    "realtime_streams", "errors", "words_per_second", "chars_per_second", "mean_interims")
             if not r.get("words_per_second") or not r.get("mean_interims"):
                 silent.append(f"{mode} at {r['streams']} streams")
             cells = [mode] + [r.get(k) for k in keys]

@@ -4,8 +4,9 @@ N clients at once, each: connect, wait for ``ready``, send S seconds of 16 kHz s
 pace, then a hard reset; the time from that reset to the final transcript is "time to final" (TTF).
 The same method as the load generator that measured the old server, so the numbers compare.
 Clients are spread over several processes so the generator is not the bottleneck at hundreds of
-streams. A stream "stays real time" when every frame went out within one frame of its due time and
-its final arrived within ``--realtime-ttf-ms``.
+streams, and over several servers when given several URLs (several engine processes on one GPU).
+A stream "stays real time" when every frame went out within one frame of its due time and its final
+arrived within ``--realtime-ttf-ms``.
 
     python bench/asr_load.py ws://127.0.0.1:8080/ --streams 1,16,64 --seconds 5 --frame-ms 20
 """
@@ -37,7 +38,7 @@ def _audio(seconds: float) -> bytes:
 async def _client(url: str, pcm: bytes, frame_bytes: int, start_at: float) -> dict:
     from websockets.asyncio.client import connect
 
-    result: dict = {"ttf_ms": None, "late_ms": 0.0, "interims": 0, "words": 0, "error": None}
+    result: dict = {"ttf_ms": None, "late_ms": 0.0, "interims": 0, "words": 0, "chars": 0, "error": None}
     try:
         async with connect(url, max_size=None, compression=None, open_timeout=60, proxy=None,
                            ping_interval=None) as ws:
@@ -55,6 +56,7 @@ async def _client(url: str, pcm: bytes, frame_bytes: int, start_at: float) -> di
                         result["interims"] += 1
                     elif message.get("type") == "transcript" and message.get("finalize"):
                         result["words"] = len(message["text"].split())
+                        result["chars"] = len(message["text"])
                         final.set_result(time.perf_counter())
                         return
                     elif message.get("type") == "error":
@@ -91,19 +93,22 @@ def percentile(values: list[float], p: float) -> float | None:
     return round(float(np.percentile(values, p)), 1)
 
 
-def run_level(url: str, streams: int, seconds: float, frame_ms: int, procs: int,
+def run_level(urls: str | list[str], streams: int, seconds: float, frame_ms: int, procs: int,
               realtime_ttf_ms: float, spread_ms: float = 0.0) -> dict:
     """One level: ``streams`` clients connect, then all start together (or, with ``spread_ms``,
-    evenly spread over that window, so their resets do not all land at once)."""
+    evenly spread over that window, so their resets do not all land at once). With several
+    ``urls`` the client processes take them in turn, so each server gets an equal share."""
+    urls = [urls] if isinstance(urls, str) else urls
     frame_bytes = 32 * frame_ms
+    procs = -(-max(procs, len(urls)) // len(urls)) * len(urls)  # a multiple of the servers
     procs = max(1, min(procs, streams))
     start_at = time.time() + 3 + streams / 200  # everyone connects first
     starts = [start_at + spread_ms / 1000 * i / streams for i in range(streams)]
     shares = [starts[i::procs] for i in range(procs)]
-    workers = [subprocess.Popen([sys.executable, __file__, "--worker", url, str(seconds), str(frame_bytes),
-                                 json.dumps(share)], stdout=subprocess.PIPE)
-               for share in shares[1:]]
-    results = asyncio.run(_clients(url, seconds, frame_bytes, shares[0]))
+    workers = [subprocess.Popen([sys.executable, __file__, "--worker", urls[i % len(urls)], str(seconds),
+                                 str(frame_bytes), json.dumps(share)], stdout=subprocess.PIPE)
+               for i, share in enumerate(shares) if i]
+    results = asyncio.run(_clients(urls[0], seconds, frame_bytes, shares[0]))
     for worker in workers:
         output, _ = worker.communicate(timeout=seconds + 120)
         results += json.loads(output)
@@ -118,11 +123,13 @@ def run_level(url: str, streams: int, seconds: float, frame_ms: int, procs: int,
             "max_send_late_ms": round(max(r["late_ms"] for r in results), 1),
             "mean_interims": round(sum(r["interims"] for r in results) / len(results), 1),
             "words_per_second": round(sum(r["words"] for r in results) / len(results) / seconds, 2),
+            "chars_per_second": round(sum(r["chars"] for r in results) / len(results) / seconds, 1),
+            **({"servers": len(urls)} if len(urls) > 1 else {}),
             **({"start_spread_ms": spread_ms} if spread_ms else {})}
 
 
 @click.command()
-@click.argument("url")
+@click.argument("urls", nargs=-1, required=True)
 @click.option("--streams", default="1,4,16", help="comma-separated stream counts, run in turn")
 @click.option("--seconds", default=5.0, show_default=True, help="audio per stream before the reset")
 @click.option("--frame-ms", default=20, show_default=True, help="audio per WebSocket frame")
@@ -132,12 +139,13 @@ def run_level(url: str, streams: int, seconds: float, frame_ms: int, procs: int,
 @click.option("--spread-ms", default=0.0, show_default=True,
               help="start the streams evenly over this window instead of together")
 @click.option("--json-out", type=click.Path(dir_okay=False), default=None)
-def main(url: str, streams: str, seconds: float, frame_ms: int, procs: int, realtime_ttf_ms: float,
-         spread_ms: float, json_out: str | None) -> None:
-    """Open N concurrent real-time streams against URL and report time to final."""
+def main(urls: tuple[str, ...], streams: str, seconds: float, frame_ms: int, procs: int,
+         realtime_ttf_ms: float, spread_ms: float, json_out: str | None) -> None:
+    """Open N concurrent real-time streams against URLS (split evenly between them) and report time
+    to final."""
     rows = []
     for count in (int(n) for n in streams.split(",")):
-        row = run_level(url, count, seconds, frame_ms, procs, realtime_ttf_ms, spread_ms)
+        row = run_level(list(urls), count, seconds, frame_ms, procs, realtime_ttf_ms, spread_ms)
         rows.append(row)
         click.echo(json.dumps(row), err=False)
     if json_out:

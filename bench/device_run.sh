@@ -21,7 +21,8 @@
 # and $BASELINE_SERVERS' if set).
 # A part may be named more than once, to alternate two servers in one call.
 # ASR_STREAMS, TTS_STREAMS, MEMORY_ASR and MEMORY_TTS (comma-separated) replace the levels of
-# asr-graphs and asr-baseline, tts-cfg and tts-baseline, memory-asr and memory-tts.
+# asr-graphs and asr-baseline, tts-cfg and tts-baseline, memory-asr and memory-tts; ASR_INSTANCES
+# runs asr-graphs on that many servers sharing the streams (several engine processes on one GPU).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 source bench/device_setup.sh real tts-real
@@ -38,7 +39,8 @@ for part in "$@"; do
         asr) timeout 330 python bench/asr_bench.py --model /tmp/asr-real.nemo --out "$(fresh asr)" 2>&1 |
                  tail -14 ;;
         asr-graphs) timeout 250 python bench/asr_bench.py --model /tmp/asr-real.nemo --modes graphs \
-                        --streams "${ASR_STREAMS:-1,16,64,256,512}" --out "$(fresh asr-graphs)" 2>&1 | tail -7 ;;
+                        --streams "${ASR_STREAMS:-1,16,64,256,512}" --instances "${ASR_INSTANCES:-1}" \
+                        --out "$(fresh asr-graphs)" 2>&1 | tail -7 ;;
         asr-baseline) timeout 250 python bench/asr_bench.py --model /tmp/asr-real.nemo --modes graphs \
                           --streams "${ASR_STREAMS:-1,16,64,256,512}" \
                           --servers "${BASELINE_SERVERS:?the baseline servers directory}" \
