@@ -48,34 +48,43 @@ def load_engine(config: ASRConfig, model_path: Path,
 
 
 def warm_up(engine: Engine, streams: int) -> float:
-    """Start ``engine`` and run every step kind once on ``streams`` real streams, so kernels and
-    memory are claimed. The commands are queued before the engine starts, so each kind runs as one
-    full batch: NeMo's decoder re-captures its CUDA graphs (about half a second) the first time a
-    batch is larger than any before."""
+    """Start ``engine`` and run every step kind on ``streams`` real streams, then on one, so kernels
+    and memory are claimed for a full batch and for a lone stream (the first user's) before READY.
+    The full batch's commands are queued before the engine starts, so each kind runs as one full
+    batch: NeMo's decoder re-captures its CUDA graphs (about half a second) the first time a batch
+    is larger than any before."""
     started = time.monotonic()
-    done = threading.Semaphore(0)
+    seconds = 3 * engine.model.chunk_ms / 1000 + 0.05
     rng = np.random.default_rng(0)
+    pcm = (rng.standard_normal(int(16000 * seconds)) * 3000).astype("<i2").tobytes()
+    for index, count in enumerate([streams, 1] if streams > 1 else [1]):
+        _utterances(engine, count, pcm, start=index == 0)
+    engine.model.synchronize()
+    return time.monotonic() - started
+
+
+def _utterances(engine: Engine, count: int, pcm: bytes, start: bool) -> None:
+    """``count`` streams of ``pcm``, each finalized and closed; ``start``: start the engine once
+    they are queued."""
+    done = threading.Semaphore(0)
 
     def deliver(result: Result) -> None:
         if result.kind in ("final", "error"):
             done.release()
 
-    seconds = 3 * engine.model.chunk_ms / 1000 + 0.05
-    pcm = (rng.standard_normal(int(16000 * seconds)) * 3000).astype("<i2").tobytes()
-    ids = [engine.open(deliver) for _ in range(streams)]
+    ids = [engine.open(deliver) for _ in range(count)]
     for stream_id in ids:
         engine.feed(stream_id, pcm)
         engine.finalize(stream_id)
-    engine.start()
+    if start:
+        engine.start()
     for _ in ids:
         if not done.acquire(timeout=LOAD_BUDGET_S) or engine.failed.is_set():
             raise RuntimeError("warmup did not finish")
     for stream_id in ids:
         engine.close(stream_id)
-    # Idle before returning, so what runs next (gc.freeze's collection, the statistics sent with
-    # READY) does not overlap the last warmup step.
+    # Idle before returning, so what runs next (the next round, gc.freeze's collection, the
+    # statistics sent with READY) does not overlap the last warmup step.
     deadline = time.monotonic() + LOAD_BUDGET_S
     while engine.active_streams and time.monotonic() < deadline and not engine.failed.is_set():
         time.sleep(0.01)
-    engine.model.synchronize()
-    return time.monotonic() - started

@@ -146,7 +146,7 @@ def test_a_final_goes_before_other_streams_ready_steps(tiny_asr_model):
     assert [step.stream.id for step in final.steps] == [short]
 
 
-def test_the_warmup_runs_every_step_kind_once_as_one_full_batch(tiny_asr_model):
+def test_the_warmup_runs_every_step_kind_as_one_full_batch_then_for_one_stream(tiny_asr_model):
     model = StreamingModel(tiny_asr_model, 1, max_streams=6)
     model.capture()
     engine = Engine(model, max_batch=6)
@@ -162,8 +162,9 @@ def test_the_warmup_runs_every_step_kind_once_as_one_full_batch(tiny_asr_model):
     finally:
         engine.stop()
     steps = engine.stats.summary()
+    # 6 streams in one batch of every kind, then a lone stream (the first user's batch size)
     assert {kind: (s["steps"], s["streams"]) for kind, s in steps.items()} == {
-        "first": (1, 6), "steady": (2, 12), "final": (1, 6)}
+        "first": (2, 6 + 1), "steady": (4, 12 + 2), "final": (2, 6 + 1)}
     assert engine.active_streams == 0  # closed and idle, so nothing after it overlaps a step
 
 
