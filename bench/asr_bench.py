@@ -67,6 +67,8 @@ def _steps_between(before: dict, after: dict) -> dict:
 @click.option("--servers", type=click.Path(file_okay=False, path_type=Path), default=ROOT / "servers",
               show_default=True, help="the servers' code to run (another checkout's, for a baseline)")
 @click.option("--port", default=18080, show_default=True, help="the first server's port")
+@click.option("--repeats", default=1, show_default=True,
+              help="rounds per level; percentiles over all of them (one stream's level is one final a round)")
 @click.option("--instances", default=1, show_default=True,
               help="servers on one device, each taking an equal share of every level's streams")
 @click.option("--step-timing/--no-step-timing", default=False, show_default=True,
@@ -75,7 +77,7 @@ def _steps_between(before: dict, after: dict) -> dict:
               help="start each level's streams evenly over this window (0: together, the worst case "
                    "for time to final: every reset lands at once)")
 def main(shape, model_path, modes, streams, seconds, frame_ms, large_frame_ms, procs, right_context,
-         out, servers, port, instances, step_timing, spread_ms) -> None:
+         out, servers, port, repeats, instances, step_timing, spread_ms) -> None:
     from asr_load import run_level
     from serving import device_name, stop, wait_ready
 
@@ -115,7 +117,7 @@ def main(shape, model_path, modes, streams, seconds, frame_ms, large_frame_ms, p
                 size = frame_ms if count < 128 else large_frame_ms
                 try:
                     row = run_level([f"ws://127.0.0.1:{server_port}/" for server_port in ports], count,
-                                    seconds, size, procs, 500.0, spread_ms)
+                                    seconds, size, procs, 500.0, spread_ms, repeats)
                 except Exception as exc:  # noqa: BLE001 - record it, dump the servers' threads, go on
                     for process in processes:
                         process.send_signal(signal.SIGUSR1)

@@ -93,15 +93,9 @@ def percentile(values: list[float], p: float) -> float | None:
     return round(float(np.percentile(values, p)), 1)
 
 
-def run_level(urls: str | list[str], streams: int, seconds: float, frame_ms: int, procs: int,
-              realtime_ttf_ms: float, spread_ms: float = 0.0) -> dict:
-    """One level: ``streams`` clients connect, then all start together (or, with ``spread_ms``,
-    evenly spread over that window, so their resets do not all land at once). With several
-    ``urls`` the client processes take them in turn, so each server gets an equal share."""
-    urls = [urls] if isinstance(urls, str) else urls
-    frame_bytes = 32 * frame_ms
-    procs = -(-max(procs, len(urls)) // len(urls)) * len(urls)  # a multiple of the servers
-    procs = max(1, min(procs, streams))
+def _round(urls: list[str], streams: int, seconds: float, frame_bytes: int, procs: int,
+           spread_ms: float) -> list[dict]:
+    """Every stream's result of one round: all connect, then start together or spread."""
     start_at = time.time() + 3 + streams / 200  # everyone connects first
     starts = [start_at + spread_ms / 1000 * i / streams for i in range(streams)]
     shares = [starts[i::procs] for i in range(procs)]
@@ -112,20 +106,44 @@ def run_level(urls: str | list[str], streams: int, seconds: float, frame_ms: int
     for worker in workers:
         output, _ = worker.communicate(timeout=seconds + 120)
         results += json.loads(output)
+    return results
+
+
+def _realtime(results: list[dict], realtime_ttf_ms: float, frame_ms: int) -> int:
+    return sum(1 for r in results if r["ttf_ms"] is not None and r["ttf_ms"] <= realtime_ttf_ms
+               and r["late_ms"] <= frame_ms)
+
+
+def run_level(urls: str | list[str], streams: int, seconds: float, frame_ms: int, procs: int,
+              realtime_ttf_ms: float, spread_ms: float = 0.0, repeats: int = 1) -> dict:
+    """One level: ``streams`` clients connect, then all start together (or, with ``spread_ms``,
+    evenly spread over that window, so their resets do not all land at once), ``repeats`` rounds in
+    turn; percentiles are over every final of every round, ``realtime_streams`` is the fewest of any
+    round. With several ``urls`` the client processes take them in turn, so each server gets an
+    equal share."""
+    urls = [urls] if isinstance(urls, str) else urls
+    frame_bytes = 32 * frame_ms
+    procs = -(-max(procs, len(urls)) // len(urls)) * len(urls)  # a multiple of the servers
+    procs = max(1, min(procs, streams))
+    rounds = [_round(urls, streams, seconds, frame_bytes, procs, spread_ms) for _ in range(repeats)]
+    results = [result for round_results in rounds for result in round_results]
     ttf = [r["ttf_ms"] for r in results if r["ttf_ms"] is not None]
-    realtime = sum(1 for r in results if r["ttf_ms"] is not None and r["ttf_ms"] <= realtime_ttf_ms
-                   and r["late_ms"] <= frame_ms)
     errors = [r["error"] for r in results if r["error"]]
     return {"streams": streams, "audio_s": seconds, "frame_ms": frame_ms,
             "ttf_p50_ms": percentile(ttf, 50), "ttf_p95_ms": percentile(ttf, 95),
             "ttf_p99_ms": percentile(ttf, 99), "ttf_max_ms": percentile(ttf, 100),
-            "realtime_streams": realtime, "errors": len(errors), "first_error": errors[0] if errors else None,
+            "realtime_streams": min(_realtime(r, realtime_ttf_ms, frame_ms) for r in rounds),
+            "errors": len(errors), "first_error": errors[0] if errors else None,
             "max_send_late_ms": round(max(r["late_ms"] for r in results), 1),
             "mean_interims": round(sum(r["interims"] for r in results) / len(results), 1),
             "words_per_second": round(sum(r["words"] for r in results) / len(results) / seconds, 2),
             "chars_per_second": round(sum(r["chars"] for r in results) / len(results) / seconds, 1),
             **({"servers": len(urls)} if len(urls) > 1 else {}),
-            **({"start_spread_ms": spread_ms} if spread_ms else {})}
+            **({"start_spread_ms": spread_ms} if spread_ms else {}),
+            **({"rounds": [{"ttf_p50_ms": percentile([r["ttf_ms"] for r in round_results
+                                                      if r["ttf_ms"] is not None], 50),
+                            "realtime_streams": _realtime(round_results, realtime_ttf_ms, frame_ms)}
+                           for round_results in rounds]} if repeats > 1 else {})}
 
 
 @click.command()
@@ -138,14 +156,15 @@ def run_level(urls: str | list[str], streams: int, seconds: float, frame_ms: int
               help="a stream whose final takes longer did not keep up")
 @click.option("--spread-ms", default=0.0, show_default=True,
               help="start the streams evenly over this window instead of together")
+@click.option("--repeats", default=1, show_default=True, help="rounds per level")
 @click.option("--json-out", type=click.Path(dir_okay=False), default=None)
 def main(urls: tuple[str, ...], streams: str, seconds: float, frame_ms: int, procs: int,
-         realtime_ttf_ms: float, spread_ms: float, json_out: str | None) -> None:
+         realtime_ttf_ms: float, spread_ms: float, repeats: int, json_out: str | None) -> None:
     """Open N concurrent real-time streams against URLS (split evenly between them) and report time
     to final."""
     rows = []
     for count in (int(n) for n in streams.split(",")):
-        row = run_level(list(urls), count, seconds, frame_ms, procs, realtime_ttf_ms, spread_ms)
+        row = run_level(list(urls), count, seconds, frame_ms, procs, realtime_ttf_ms, spread_ms, repeats)
         rows.append(row)
         click.echo(json.dumps(row), err=False)
     if json_out:

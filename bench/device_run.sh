@@ -22,7 +22,8 @@
 # A part may be named more than once, to alternate two servers in one call.
 # ASR_STREAMS, TTS_STREAMS, MEMORY_ASR and MEMORY_TTS (comma-separated) replace the levels of
 # asr-graphs and asr-baseline, tts-cfg and tts-baseline, memory-asr and memory-tts; ASR_INSTANCES
-# runs asr-graphs on that many servers sharing the streams (several engine processes on one GPU).
+# runs asr-graphs on that many servers sharing the streams (several engine processes on one GPU);
+# ASR_REPEATS runs each level of asr-graphs and asr-baseline that many rounds.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 source bench/device_setup.sh real tts-real
@@ -40,9 +41,9 @@ for part in "$@"; do
                  tail -14 ;;
         asr-graphs) timeout 250 python bench/asr_bench.py --model /tmp/asr-real.nemo --modes graphs \
                         --streams "${ASR_STREAMS:-1,16,64,256,512}" --instances "${ASR_INSTANCES:-1}" \
-                        --out "$(fresh asr-graphs)" 2>&1 | tail -7 ;;
+                        --repeats "${ASR_REPEATS:-1}" --out "$(fresh asr-graphs)" 2>&1 | tail -7 ;;
         asr-baseline) timeout 250 python bench/asr_bench.py --model /tmp/asr-real.nemo --modes graphs \
-                          --streams "${ASR_STREAMS:-1,16,64,256,512}" \
+                          --streams "${ASR_STREAMS:-1,16,64,256,512}" --repeats "${ASR_REPEATS:-1}" \
                           --servers "${BASELINE_SERVERS:?the baseline servers directory}" \
                           --out "$(fresh asr-baseline)" 2>&1 | tail -7 ;;
         asr-spread) timeout 200 python bench/asr_bench.py --model /tmp/asr-real.nemo --modes graphs \
