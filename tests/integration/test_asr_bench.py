@@ -17,8 +17,8 @@ BENCH = Path(__file__).parents[2] / "bench" / "asr_bench.py"
 
 def test_two_servers_share_the_streams_in_rounds_and_every_stream_talks(tiny_asr_model, tmp_path):
     run = subprocess.run([sys.executable, str(BENCH), "--model", str(tiny_asr_model), "--modes", "eager",
-                          "--streams", "4", "--seconds", "3", "--procs", "2", "--instances", "2", "--repeats", "2",
-                          "--port", str(free_port()), "--out", str(tmp_path)],
+                          "--streams", "4", "--seconds", "3", "--procs", "2", "--instances", "2",
+                          "--repeats", "2", "--port", str(free_port()), "--out", str(tmp_path)],
                          capture_output=True, text=True, timeout=400)
     assert run.returncode == 0, run.stderr[-3000:]
     report = json.loads((tmp_path / "asr_bench.json").read_text())
