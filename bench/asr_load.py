@@ -109,6 +109,10 @@ def _round(urls: list[str], streams: int, seconds: float, frame_bytes: int, proc
     return results
 
 
+def _ttfs(results: list[dict]) -> list[float]:
+    return [r["ttf_ms"] for r in results if r["ttf_ms"] is not None]
+
+
 def _realtime(results: list[dict], realtime_ttf_ms: float, frame_ms: int) -> int:
     return sum(1 for r in results if r["ttf_ms"] is not None and r["ttf_ms"] <= realtime_ttf_ms
                and r["late_ms"] <= frame_ms)
@@ -127,7 +131,7 @@ def run_level(urls: str | list[str], streams: int, seconds: float, frame_ms: int
     procs = max(1, min(procs, streams))
     rounds = [_round(urls, streams, seconds, frame_bytes, procs, spread_ms) for _ in range(repeats)]
     results = [result for round_results in rounds for result in round_results]
-    ttf = [r["ttf_ms"] for r in results if r["ttf_ms"] is not None]
+    ttf = _ttfs(results)
     errors = [r["error"] for r in results if r["error"]]
     return {"streams": streams, "audio_s": seconds, "frame_ms": frame_ms,
             "ttf_p50_ms": percentile(ttf, 50), "ttf_p95_ms": percentile(ttf, 95),
@@ -140,8 +144,7 @@ def run_level(urls: str | list[str], streams: int, seconds: float, frame_ms: int
             "chars_per_second": round(sum(r["chars"] for r in results) / len(results) / seconds, 1),
             **({"servers": len(urls)} if len(urls) > 1 else {}),
             **({"start_spread_ms": spread_ms} if spread_ms else {}),
-            **({"rounds": [{"ttf_p50_ms": percentile([r["ttf_ms"] for r in round_results
-                                                      if r["ttf_ms"] is not None], 50),
+            **({"rounds": [{"ttf_p50_ms": percentile(_ttfs(round_results), 50),
                             "realtime_streams": _realtime(round_results, realtime_ttf_ms, frame_ms)}
                            for round_results in rounds]} if repeats > 1 else {})}
 

@@ -75,6 +75,12 @@ class CachePool:
         return (self.channel.index_select(1, index), self.time.index_select(1, index),
                 self.channel_len.index_select(0, index))
 
+    def scatter(self, index: torch.Tensor, channel, time, channel_len) -> None:
+        """Store the streams' new caches, given in NeMo's stacked layout."""
+        self.channel.index_copy_(1, index, channel.to(self.channel.dtype))
+        self.time.index_copy_(1, index, time.to(self.time.dtype))
+        self.channel_len.index_copy_(0, index, channel_len.to(self.channel_len.dtype))
+
 
 class StepCaches:
     """The caches of one step's streams, read and written layer by layer.
@@ -178,16 +184,13 @@ class EagerStep:
         return encoded, encoded_len
 
     def _stacked(self, features, lengths, index):
-        pool = self.pool
-        channel, time, channel_len = pool.gather(index)
+        channel, time, channel_len = self.pool.gather(index)
         encoded, encoded_len, channel, time, channel_len = self.encoder.cache_aware_stream_step(
             processed_signal=features, processed_signal_length=lengths, cache_last_channel=channel,
             cache_last_time=time, cache_last_channel_len=channel_len,
             keep_all_outputs=self.kind.keep_all_outputs,
             drop_extra_pre_encoded=self.kind.drop_extra_pre_encoded)
-        pool.channel.index_copy_(1, index, channel.to(pool.channel.dtype))
-        pool.time.index_copy_(1, index, time.to(pool.time.dtype))
-        pool.channel_len.index_copy_(0, index, channel_len.to(pool.channel_len.dtype))
+        self.pool.scatter(index, channel, time, channel_len)
         return encoded, encoded_len
 
 

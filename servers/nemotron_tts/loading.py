@@ -66,7 +66,7 @@ def warm_up(engine: Engine, catalog: Catalog, text: str, most: int) -> float:
     """Real syntheses: streamed batches of 1, 4, 16, ... clients (each batch size first meets its
     kernels and memory here, not in a user's first request: on an H200 the first round of 16 and
     of 64 streams took 105 and 151 ms to first audio, later rounds 68 and 117), then a full batch
-    in batch mode (audio sent whole), whose codec chunks are longer than the streamed presets'."""
+    in batch mode (audio sent whole), whose codec chunks are longer than the warm-up's streamed ones."""
     from nemotron_common.devices import memory_note
 
     started = time.monotonic()

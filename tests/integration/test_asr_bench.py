@@ -1,7 +1,7 @@
 """The ASR benchmark against real servers (tiny talking model, CPU): several servers on one device
 share each level's streams, a level repeats in rounds, and every stream's words, characters and
-interims are counted. Its
-timings mean nothing here; that it measures the work a talking model does does."""
+interims are counted. Its timings mean nothing here; that it measures the work a talking model does
+does."""
 
 import json
 import subprocess

@@ -260,7 +260,6 @@ def test_static_decoder_step_draws_nemos_codes(cached_pair, prefill_rows, monkey
     forward = type(static.model).forward
     prompt_rows = []
 
-
     def counted(model, *args, **kwargs):
         if model is static.model:  # only the static decoder's prompt calls NeMo's forward
             prompt_rows.append(len(args[0]))
