@@ -23,10 +23,13 @@
 # ASR_STREAMS, TTS_STREAMS, MEMORY_ASR and MEMORY_TTS (comma-separated) replace the levels of
 # asr-graphs and asr-baseline, tts-cfg and tts-baseline, memory-asr and memory-tts; ASR_INSTANCES
 # runs asr-graphs on that many servers sharing the streams (several engine processes on one GPU);
-# ASR_REPEATS runs each level of asr-graphs and asr-baseline that many rounds.
+# ASR_REPEATS runs each level of asr-graphs and asr-baseline that many rounds. DEVICE_MODELS names
+# the models to build first (device_setup.sh's shapes; both by default), so that a call of TTS parts
+# only need not spend a minute calibrating the ASR model.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-source bench/device_setup.sh real tts-real
+# shellcheck disable=SC2086  # a list of shapes, split on purpose
+source bench/device_setup.sh ${DEVICE_MODELS:-real tts-real}
 results=${OUT:-bench-out}/work
 mkdir -p "$results"
 # A part named twice (A/B/A/B alternations) writes to NAME, NAME-2, NAME-3, ...

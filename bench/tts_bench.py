@@ -40,7 +40,10 @@ CONFIGS = {"cfg": ["--cfg"], "no-cfg": ["--no-cfg"],
            "no-cfg-continuous": ["--no-cfg", "--continuous-batching"],
            # the engine in a process of its own, as ASR runs it
            "cfg-process": ["--cfg", "--engine-host", "process"],
-           "cfg-continuous-process": ["--cfg", "--continuous-batching", "--engine-host", "process"]}
+           "cfg-continuous-process": ["--cfg", "--continuous-batching", "--engine-host", "process"],
+           # the prompt through NeMo 32 or 64 decoder rows at a time (16 or 32 segments with CFG)
+           "cfg-prefill-32": ["--cfg", "--prefill-rows", "32"],
+           "cfg-prefill-64": ["--cfg", "--prefill-rows", "64"]}
 
 
 async def _one_stream(url: str, preset: str, sample_rate: int, delay_s: float = 0.0) -> dict:
