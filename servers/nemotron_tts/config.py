@@ -41,6 +41,10 @@ class TTSConfig:
                                "its own (the event loop's work never holds its GIL)",
                                choices=("thread", "process"))
     max_batch: int = setting(16, "most segments generated together in one batch", check=positive)
+    prefill_rows: int = setting(64, "decoder rows (two a segment with cfg) whose prompt runs at a time "
+                                "(0 = the whole batch): fewer, less memory at a large max_batch and "
+                                "later first audio when more segments start together",
+                                check=lambda v: None if v >= 0 else "must be 0 or more")
     gather_ms: float = setting(5.0, "an idle engine gathers a burst of segments in steps of this long "
                                     "(a lone segment waits a fifth of it)")
     max_sessions: int = setting(64, "concurrent WebSocket clients; more are refused with 503", check=positive)

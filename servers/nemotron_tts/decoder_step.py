@@ -21,12 +21,6 @@ import torch
 
 from .graphs import GraphPool, bucket_for, buckets_up_to
 
-# The prompt runs through NeMo at most this many decoder rows at a time (16 utterances with CFG, the
-# default batch). NeMo's pass keeps every layer's keys, values and text memory for all its rows until
-# they are copied into the fixed caches: 2.8 GB for a batch of 64 with CFG, the largest transient of
-# the server, which the caching allocator then keeps reserved (bench/results/memory-h200-run8.md).
-PREFILL_ROWS = 32
-
 
 def _rows(value, start: int, stop: int):
     """``value``'s rows ``[start, stop)``: tensors sliced on their first dimension, lists and tuples
@@ -70,13 +64,19 @@ class StaticDecoder:
     """Fixed-size caches for up to ``max_rows`` decoder rows (CFG rows count twice)."""
 
     def __init__(self, model, max_rows: int, max_positions: int, max_text: int = 256,
-                 graphs: bool = True) -> None:
+                 graphs: bool = True, prefill_rows: int = 0) -> None:
         self.model = model
         self.decoder = model.decoder
         self.layers = list(self.decoder.layers)
         weight = model.final_proj.weight
         self.device, self.dtype = weight.device, weight.dtype
         self.max_rows = max_rows
+        # The prompt's rows NeMo runs at a time (0: all). NeMo's pass keeps every layer's keys, values
+        # and text memory for all its rows until they are copied into the fixed caches, the server's
+        # largest transient, which the caching allocator then keeps reserved; each further group is a
+        # pass of its own before anyone's first frame, launch-bound and about as long as a whole one
+        # (bench/results/memory-h200-run9.md).
+        self.prefill_rows = prefill_rows
         self.use_graphs = graphs and self.device.type == "cuda"
         self.pool = GraphPool()
         self.width = int(model.cfg.decoder.d_model)
@@ -185,8 +185,9 @@ class StaticDecoder:
         targets = torch.tensor(self._targets or range(rows), device=self.device)
         inputs = (dec_input_embedded, dec_input_mask, cond, cond_mask, attn_prior)
         results = []
-        for start in range(0, rows, PREFILL_ROWS):
-            stop = min(rows, start + PREFILL_ROWS)
+        group = self.prefill_rows or rows
+        for start in range(0, rows, group):
+            stop = min(rows, start + group)
             self.decoder.reset_cache(use_cache=True)
             results.append(type(self.model).forward(self.model, *_rows(inputs, start, stop), encoder_mapping))
             rows_here = targets[start:stop]

@@ -68,7 +68,8 @@ def share_causal_masks(model: torch.nn.Module) -> int:
 class SpeechModel:
     def __init__(self, path: Path, device: str = "auto", use_cfg: bool = True, kv_cache: bool = True,
                  max_frames: int = 0, codec: Path | None = None, cuda_graphs: bool = True,
-                 max_batch: int = 16, static_decoder: bool = True, carried_codec: bool = True) -> None:
+                 max_batch: int = 16, static_decoder: bool = True, carried_codec: bool = True,
+                 prefill_rows: int = 64) -> None:
         from nemo.collections.tts.models import MagpieTTSModel
         from nemotron_common import nemo_fixes
         from nemotron_common.logs import adopt
@@ -104,7 +105,8 @@ class SpeechModel:
             self.sampler.install()
             self.code_sampler = CodeSampler(self.model, graphs=True)
             self.code_sampler.install()
-        self.static = self._static_decoder(max_batch, cuda_graphs) if static_decoder and kv_cache else None
+        self.static = (self._static_decoder(max_batch, cuda_graphs, prefill_rows)
+                       if static_decoder and kv_cache else None)
         self.sample_rate = int(self.model.output_sample_rate)
         self.samples_per_frame = int(self.model.codec_model_samples_per_frame)
         self.speakers = int(self.model.num_baked_speakers)
@@ -112,7 +114,7 @@ class SpeechModel:
         self.codec = self._stream_codec(max_batch, carried_codec, cuda_graphs)
         logger.info(f"streamed codec: {self.codec.describe()}")
 
-    def _static_decoder(self, max_batch: int, graphs: bool):
+    def _static_decoder(self, max_batch: int, graphs: bool, prefill_rows: int):
         from .decoder_step import StaticDecoder, supported
 
         if reason := supported(self.model):
@@ -121,7 +123,7 @@ class SpeechModel:
         context = int(self.model._baked_embedding_T.item())
         positions = context + self.model.inference_parameters.max_decoder_steps + 2
         rows = max_batch * self.rows_per_utterance
-        return StaticDecoder(self.model, rows, positions, graphs=graphs)
+        return StaticDecoder(self.model, rows, positions, graphs=graphs, prefill_rows=prefill_rows)
 
     def _stream_codec(self, max_batch: int, carried: bool, graphs: bool):
         from .codec_states import CarriedStateCodec, unsupported

@@ -253,9 +253,7 @@ def cached_pair(request, tiny_tts_model):
 def test_static_decoder_step_draws_nemos_codes(cached_pair, prefill_rows, monkeypatch):
     """Own decoder step (fixed-size caches) against NeMo's cached decoder: same seed, same codes,
     for a batch of voices and text lengths, and every step after the prompt really ran it; also
-    with the prompt run through NeMo a few rows at a time (``PREFILL_ROWS``, which bounds its memory)."""
-    from nemotron_tts import decoder_step
-
+    with the prompt run through NeMo a few rows at a time (``prefill_rows``, which bounds its memory)."""
     nemo, static = cached_pair
     forward = type(static.model).forward
     prompt_rows = []
@@ -267,7 +265,7 @@ def test_static_decoder_step_draws_nemos_codes(cached_pair, prefill_rows, monkey
 
     monkeypatch.setattr(type(static.model), "forward", counted)
     if prefill_rows:
-        monkeypatch.setattr(decoder_step, "PREFILL_ROWS", prefill_rows)
+        monkeypatch.setattr(static.static, "prefill_rows", prefill_rows)
     texts = [TEXT, "A second voice says something else entirely.", "Short one."]
     steps = []
     step = static.static.step
@@ -456,11 +454,9 @@ def test_items_joining_and_leaving_at_any_step_keep_their_own_codes(cached_pair,
     """With deterministic sampling (top-1) an item's codes cannot depend on its company: joining a
     running batch, rows moving when others leave, and the CFG row pairs must all leave them equal to
     the item generated alone; also with the prompt's caches written into their rows a row at a time."""
-    from nemotron_tts import decoder_step
-
-    if prefill_rows:
-        monkeypatch.setattr(decoder_step, "PREFILL_ROWS", prefill_rows)
     static = cached_pair[1]
+    if prefill_rows:
+        monkeypatch.setattr(static.static, "prefill_rows", prefill_rows)
     params = static.model.inference_parameters
     topk = params.topk
     params.topk = 1
