@@ -45,6 +45,12 @@ def _join(parts: list):
     return first
 
 
+def _copy_overlap(target: torch.Tensor, source: torch.Tensor, dim: int) -> None:
+    """``source`` into the start of ``target`` along ``dim``, as far as both reach."""
+    size = min(target.shape[dim], source.shape[dim])
+    target.narrow(dim, 0, size).copy_(source.narrow(dim, 0, size))
+
+
 def supported(model) -> str | None:
     """Why the static step cannot stand in for this model's decoder, or None if it can."""
     decoder = model.decoder
@@ -91,12 +97,15 @@ class StaticDecoder:
         self._targets: list[int] | None = None
 
     def _allocate(self, positions: int, text: int) -> None:
+        """Buffers for ``positions`` and ``text``; rows already cached keep what fits, since an item
+        joining a running batch (continuous batching) may need more room than the others have."""
         self.max_positions, self.max_text = positions, text
         rows, device, dtype = self.max_rows, self.device, self.dtype
         self_shape = [(rows, layer.self_attention.n_heads, positions, layer.self_attention.d_head)
                       for layer in self.layers]
         cross_shape = [(rows, layer.cross_attention.n_heads, text, layer.cross_attention.d_head)
                        for layer in self.layers]
+        old = vars(self).copy()
         self.self_k = [torch.zeros(s, device=device, dtype=dtype) for s in self_shape]
         self.self_v = [torch.zeros(s, device=device, dtype=dtype) for s in self_shape]
         self.cross_k = [torch.zeros(s, device=device, dtype=dtype) for s in cross_shape]
@@ -105,9 +114,15 @@ class StaticDecoder:
         self.text_mask[:, 0] = True  # rows beyond a batch stay finite
         self.prior = torch.ones(len(self.layers), rows, text, device=device, dtype=dtype)
         self.frame = torch.zeros(rows, self.width, device=device, dtype=dtype)
-        self.position = torch.zeros(rows, dtype=torch.long, device=device)
+        self.position = old.get("position", torch.zeros(rows, dtype=torch.long, device=device))
         self.key_index = torch.arange(positions, device=device)
         self.pool = GraphPool()  # graphs captured the old buffers
+        for name in ("self_k", "self_v", "cross_k", "cross_v"):
+            for new, kept in zip(getattr(self, name), old.get(name, ()), strict=False):
+                _copy_overlap(new, kept, dim=2)
+        if "text_mask" in old:
+            _copy_overlap(self.text_mask, old["text_mask"], dim=1)
+            _copy_overlap(self.prior, old["prior"], dim=2)
 
     # -- the generation loop's side -------------------------------------------------------------
 

@@ -469,6 +469,28 @@ def test_items_joining_and_leaving_at_any_step_keep_their_own_codes(cached_pair,
         assert torch.equal(got, expected)
 
 
+def test_a_joining_text_longer_than_the_caches_keeps_the_running_items_codes(cached_pair):
+    """A text longer than the static decoder's text room grows the caches when it joins; the items
+    already running keep what their caches held, so their codes stay those they get alone."""
+    static = cached_pair[1]
+    decoder = static.static
+    texts = ["Short one.", TEXT]
+    lengths = [len(static.tokenize(text, "en")[0]) for text in texts]
+    params = static.model.inference_parameters
+    topk, room = params.topk, decoder.max_text
+    params.topk = 1
+    try:
+        alone = [continuous(static, [0], [text], [i])[0] for i, text in enumerate(texts)]
+        decoder._allocate(decoder.max_positions, lengths[0])  # room for the first text only
+        together = continuous(static, [0, 1], texts)
+        assert decoder.max_text >= lengths[1] > lengths[0]  # the second one's join grew them
+    finally:
+        params.topk = topk
+        decoder._allocate(decoder.max_positions, room)
+    for expected, got in zip(alone, together, strict=True):
+        assert torch.equal(got, expected)
+
+
 def test_static_decoder_step_carries_a_long_text_chunk_by_chunk(cached_pair):
     """A text of several sentence chunks (NeMo carries history from chunk to chunk): same codes."""
     nemo, static = cached_pair
