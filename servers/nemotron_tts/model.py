@@ -20,8 +20,14 @@ from loguru import logger
 from nemotron_common.devices import pick_device
 
 from .codec import StreamDecoder, WindowedCodec, receptive_field
+from .text import split_long
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+# Longest text of one chunk, in characters. NeMo's threshold counts words, so a run without spaces
+# (a URL, a long number) passes it whole: as a character tokenizer's tokens, this fits the static
+# decoder's text memory at its first size (256), and is about 17 s of English speech.
+MAX_CHUNK_CHARS = 250
 
 
 class Stopped(Exception):
@@ -171,12 +177,30 @@ class SpeechModel:
         return "cpu"
 
     def tokenize(self, text: str, language: str) -> list[torch.Tensor]:
-        from nemo.collections.tts.parts.utils.tts_dataset_utils import chunk_text_for_inference
+        """NeMo's chunks of ``text`` (one, or a sentence each for a long text), with any sentence
+        longer than NeMo's own threshold for splitting (about 20 s of speech) cut into pieces under it:
+        NeMo would speak such a sentence only up to the frame limit and drop the rest."""
+        from nemo.collections.tts.parts.utils.tts_dataset_utils import (
+            DEFAULT_LANGUAGE_THRESHOLDS,
+            chunk_text_for_inference,
+        )
 
-        chunks, _, _ = chunk_text_for_inference(
-            text=text, language=language, tokenizer_name=self.languages[language],
-            text_tokenizer=self.model.tokenizer, eos_token_id=self.model.eos_id)
-        return [chunk.long() for chunk in chunks]
+        name, tokenizer, eos = self.languages[language], self.model.tokenizer, self.model.eos_id
+        chunks, _, texts = chunk_text_for_inference(text=text, language=language, tokenizer_name=name,
+                                                    text_tokenizer=tokenizer, eos_token_id=eos)
+        thresholds = DEFAULT_LANGUAGE_THRESHOLDS
+
+        def fits(piece: str) -> bool:
+            return len(piece) <= MAX_CHUNK_CHARS and not thresholds.exceeds_threshold(piece, language)
+
+        pieces = []
+        for chunk, sentence in zip(chunks, texts, strict=True):
+            if fits(sentence):
+                pieces.append(chunk.long())
+            else:
+                pieces += [torch.tensor([*tokenizer.encode(text=piece, tokenizer_name=name), eos])
+                           for piece in split_long(sentence, fits)]
+        return pieces
 
     @torch.inference_mode()
     def decode(self, codes: torch.Tensor) -> torch.Tensor:

@@ -35,6 +35,21 @@ def test_codes_and_audio_are_nemo_do_tts(plain):
     assert torch.equal(plain.decode(codes.unsqueeze(0))[0], audio[0, : int(length[0])])
 
 
+@pytest.mark.parametrize("run_on", [" ".join(["word"] * 100), "x" * 600], ids=["100-words", "600-characters"])
+def test_a_run_on_sentence_is_spoken_in_pieces_not_cut_at_the_frame_limit(plain, run_on):
+    """NeMo splits a text only at sentence ends, so one sentence over its threshold (45 English
+    words) or a long run without spaces reached the model whole, and speech stopped at the frame
+    limit with the rest of the text unsaid."""
+    from nemotron_tts.model import MAX_CHUNK_CHARS
+
+    chunks = plain.tokenize(run_on, "en")
+    assert len(chunks) == 3
+    assert all(chunk[-1] == plain.model.eos_id and len(chunk) <= MAX_CHUNK_CHARS + 1 for chunk in chunks)
+    limit = plain.model.inference_parameters.max_decoder_steps
+    # every piece spoken (random weights never end a piece before the limit)
+    assert generate(plain, run_on).shape[-1] > 2 * limit
+
+
 def test_voice_reaches_the_model_and_languages_are_found(plain):
     by_voice = {tuple(generate(plain, TEXT, speaker=v).flatten().tolist()) for v in range(5)}
     assert len(by_voice) > 1

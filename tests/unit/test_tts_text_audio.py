@@ -1,12 +1,15 @@
 import io
+import re
 import wave
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from nemotron_common.config import ConfigError, load
 from nemotron_tts.audio import limit, to_pcm16, wav_file
 from nemotron_tts.config import TTSConfig
-from nemotron_tts.text import normalize
+from nemotron_tts.text import normalize, split_long
 
 
 @pytest.mark.parametrize(("raw", "clean"), [
@@ -20,6 +23,30 @@ from nemotron_tts.text import normalize
 ])
 def test_normalize_makes_text_the_tokenizer_can_read(raw, clean):
     assert normalize(raw) == clean
+
+
+def test_a_long_sentence_is_cut_after_clauses_then_between_words():
+    def fits(text):
+        return len(text.split()) < 5
+
+    sentence = "one two three, four five six seven eight; nine ten"
+    assert split_long(sentence, fits) == ["one two three,", "four five six seven", "eight;", "nine ten"]
+    assert split_long("\u4f60\u597d\uff0c\u4e16\u754c\u597d", lambda t: len(t) < 4) == [
+        "\u4f60\u597d\uff0c", "\u4e16\u754c\u597d"]
+    assert split_long("short enough", fits) == ["short enough"]
+
+
+@settings(max_examples=300)
+@given(st.text(alphabet=st.sampled_from("ab ,;:.\uff0c"), max_size=300), st.integers(2, 40))
+def test_every_piece_fits_and_only_whitespace_at_a_cut_is_lost(text, most):
+    text = normalize(text) or "a"
+
+    def fits(piece):
+        return len(piece) <= most and len(piece.split()) < 6
+
+    pieces = split_long(text, fits)
+    assert all(piece and fits(piece) for piece in pieces)
+    assert re.sub(r"\s", "", "".join(pieces)) == re.sub(r"\s", "", text)
 
 
 def test_limiter_leaves_quiet_audio_alone_and_never_clips():
