@@ -2,13 +2,14 @@
 
 Jobs (one text segment each) wait in a FIFO; each client has at most one job in the engine at a time
 (its session submits the next segment when one completes). By default it takes the oldest jobs as
-one fixed batch through NeMo's loop. With ``continuous`` (and the static decoder step) waiting jobs
-join the running batch before every decoder step, up to ``max_batch``, and leave it at their own
-last frame; a long text of several sentence chunks, which NeMo generates with history carried from
-chunk to chunk, still runs alone. Frames are decoded to audio as they arrive: a ``stream``
-job sends a chunk as soon as its preset's frame count is ready, a ``batch`` job holds its chunks and
-sends its audio whole when its last frame is made, and every job completes (``segment_complete``) at
-its own last frame.
+one fixed batch through NeMo's loop. A long text of several sentence chunks, which NeMo generates
+with history carried from chunk to chunk, runs alone a chunk at a time, and the jobs that wait get a
+batch between its chunks. With ``continuous`` (and the static decoder step) waiting jobs join the
+running batch before every decoder step, up to ``max_batch``, and leave it at their own last frame;
+a long text still runs alone there, all its chunks at once. Frames are decoded to audio as they
+arrive: a ``stream`` job sends a chunk as soon as its preset's frame count is ready, a ``batch`` job
+holds its chunks and sends its audio whole when its last frame is made, and every job completes
+(``segment_complete``) at its own last frame.
 Cancelling a job stops its audio at once and its generation at the next decoder step.
 """
 
@@ -18,6 +19,7 @@ import queue
 import threading
 import time
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -57,6 +59,13 @@ class _Running:
                          on_end=lambda: setattr(self, "ended", True))
 
 
+@dataclass(eq=False)
+class _LongText:
+    """A job of several sentence chunks between two of them: its generation waits in ``chunks``."""
+    live: list[_Running]  # the job until its last frame is out, then empty
+    chunks: Iterator[int] = field(default_factory=lambda: iter(()))
+
+
 class Engine:
     def __init__(self, model: SpeechModel, max_batch: int, seed: int = 0, gather_s: float = 0.005,
                  continuous: bool = False) -> None:
@@ -78,6 +87,7 @@ class Engine:
         self.cancelled = 0  # jobs stopped early by their client (or by shutdown)
         self.metrics = None  # a TTSMetrics, told when jobs start and how large each batch is
         self.continuous = None
+        self._long: _LongText | None = None  # fixed batches only
         if continuous and model.static is not None:
             from .continuous import ContinuousBatch
 
@@ -156,12 +166,22 @@ class Engine:
             if self.continuous is not None:
                 self._run_continuous()
             while not self._stop:
-                batch = self._next_batch(self.max_batch)
-                if not batch:
+                # While a long text is between chunks it holds a codec slot, and another long text waits.
+                waiting = self._long is not None
+                batch = self._next_batch(self.max_batch - waiting, alone_ok=not waiting)
+                if batch and len(batch[0].chunks) > 1:
+                    self._start_long(batch[0])
+                elif batch:
+                    self._generate(batch)
+                if self._long is not None:
+                    self._next_chunk(self._long)
+                elif not batch:
                     self._wake.get()
                     self._gather()
-                    continue
-                self._generate(batch)
+            if self._long is not None:  # stopped between two chunks of a long text: cut it short
+                for r in self._long.live:
+                    r.job.cancelled.set()
+                self._end_long(self._long)
         except Exception as exc:  # noqa: BLE001 - a failure here is fatal for the service
             logger.opt(exception=exc).critical(f"TTS engine failed: {exc}")
             self.failed.set()
@@ -252,6 +272,48 @@ class Engine:
         finally:
             self.busy = False
         self._flush(live, live)
+
+    def _start_long(self, job: Job) -> None:
+        if self.metrics:
+            self.metrics.started([job])
+        running = _Running.start(job, self.model.stream_decoder())
+        long = _LongText([running])
+
+        def on_step() -> None:
+            self.heartbeat = time.monotonic()
+            long.live = self._flush(long.live, [r for r in long.live if r.ended])
+
+        long.chunks = self.model.generate_chunks([running.utterance()], on_step)
+        self._long = long
+
+    def _next_chunk(self, long: _LongText) -> None:
+        """One more chunk of the long text; after its last, or once its client cancels, it is done."""
+        if not long.live or long.live[0].job.cancelled.is_set():
+            self._end_long(long)
+            return
+        self.busy, self.heartbeat = True, time.monotonic()
+        self.batches += 1
+        self.batched_jobs += 1
+        self.largest_batch = max(self.largest_batch, 1)
+        if self.metrics:
+            self.metrics.batch_size.observe(1)
+        if self.seed:  # each chunk, so that its audio does not depend on the batches run in between
+            torch.manual_seed(self.seed)
+        try:
+            remaining = next(long.chunks)
+        except Exception as exc:  # noqa: BLE001 - one bad text must not take the service down
+            self._long = None
+            self._isolate(long.live, exc)
+            return
+        finally:
+            self.busy = False
+        if not remaining:
+            self._end_long(long)
+
+    def _end_long(self, long: _LongText) -> None:
+        self._long = None
+        long.chunks.close()
+        self._flush(long.live, long.live)
 
     def _isolate(self, running: list[_Running], exc: Exception) -> None:
         """A failed batch fails only the item that broke it: every job that has sent no audio yet

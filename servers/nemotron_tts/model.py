@@ -10,7 +10,7 @@ the caller at once (streaming) and the loop stops at the next step once nobody w
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -212,7 +212,6 @@ class SpeechModel:
     def stream_decoder(self) -> StreamDecoder:
         return self.codec.stream()
 
-    @torch.inference_mode()
     def generate(self, utterances: list[Utterance], on_step: Callable[[], None] | None = None) -> None:
         """Generate all utterances as one batch; frames reach each ``on_frames`` as they are made,
         and ``on_step`` runs once after each decoder step's frames are handed out.
@@ -220,6 +219,14 @@ class SpeechModel:
         Utterances of several sentence chunks are generated alone (NeMo carries chunk history per
         batch); the engine batches only single-chunk ones.
         """
+        for _ in self.generate_chunks(utterances, on_step):
+            pass
+
+    @torch.inference_mode()
+    def generate_chunks(self, utterances: list[Utterance],
+                        on_step: Callable[[], None] | None = None) -> Iterator[int]:
+        """``generate``, a sentence chunk per ``next``: yields how many chunks are still to come. NeMo's
+        history from chunk to chunk stays in this generator, so other batches may run in between."""
         chunk_count = max(len(u.chunks) for u in utterances)
         if chunk_count > 1 and len(utterances) > 1:
             raise ValueError("multi-chunk utterances are generated one at a time")
@@ -242,6 +249,7 @@ class SpeechModel:
                                                use_local_transformer_for_inference=True)
             finally:
                 self.model.decoder.reset_cache(use_cache=False)
+            yield chunk_count - index - 1
 
     @contextmanager
     def _static_steps(self):

@@ -550,6 +550,70 @@ def test_continuous_engine_runs_a_long_text_alone_between_batches(tiny_tts_model
         assert error is None and ms > 0 and sum(map(len, audio[name])) == round(ms * 22.05) * 2
 
 
+def _engine_run(engine, model, texts, until=None):
+    """Submit ``texts`` (name: text) in order, run the engine until every job is done, or stop it
+    once ``until(audio)`` holds; returns each job's completion (in order) and audio."""
+    from nemotron_tts.engine import Job
+
+    done, audio = {}, {}
+    finished, started = threading.Event(), threading.Event()
+
+    def job(name, text):
+        def on_done(ms, error):
+            done[name] = (ms, error)
+            if len(done) == len(texts):
+                finished.set()
+
+        def on_audio(pcm):
+            audio.setdefault(name, []).append(pcm)
+            if until and until(audio):
+                started.set()
+        return Job(model.tokenize(text, "en"), 0, client=object(), on_done=on_done, on_audio=on_audio,
+                   preset=PRESETS["balanced"])
+
+    for name, text in texts.items():
+        engine.submit(job(name, text))
+    engine.start()
+    try:
+        if until:
+            assert started.wait(300)
+            engine.stop(timeout=60)
+        assert finished.wait(300)
+    finally:
+        engine.stop()
+    return done, {name: b"".join(pieces) for name, pieces in audio.items()}
+
+
+def test_a_long_text_runs_a_chunk_at_a_time_and_waiting_jobs_get_batches_between(tiny_tts_model):
+    """Fixed batches: a text of several sentence chunks no longer holds the engine to its end (one
+    client's long text stalled every other client for all of it). A segment that came after it
+    finishes first; the long text's audio is what it is alone, since each chunk is seeded."""
+    from nemotron_tts.engine import Engine
+
+    model = SpeechModel(tiny_tts_model, "cpu", use_cfg=False)
+    assert len(model.tokenize(LONG_TEXT, "en")) == 4
+    _, alone = _engine_run(Engine(model, max_batch=4, seed=1), model, {"long": LONG_TEXT})
+    done, audio = _engine_run(Engine(model, max_batch=4, seed=1), model,
+                              {"long": LONG_TEXT, "short": "Short one."})
+    assert list(done) == ["short", "long"]
+    for name, (ms, error) in done.items():
+        assert error is None and ms > 0 and len(audio[name]) == round(ms * 22.05) * 2
+    assert audio["long"] == alone["long"]
+
+
+def test_stopping_between_two_chunks_of_a_long_text_completes_it(tiny_tts_model):
+    """The engine stopped while a long text is between chunks: its client still gets the end."""
+    from nemotron_tts.engine import Engine
+
+    model = SpeechModel(tiny_tts_model, "cpu", use_cfg=False)
+    done, audio = _engine_run(Engine(model, max_batch=4, seed=1), model, {"long": LONG_TEXT},
+                              until=lambda audio: "long" in audio)
+    ms, error = done["long"]
+    assert error is None and 0 < len(audio["long"]) == round(ms * 22.05) * 2
+    limit = model.model.inference_parameters.max_decoder_steps
+    assert ms < 4 * limit * model.samples_per_frame / 22.05  # cut short, not run to its end
+
+
 def test_shared_causal_masks_leave_nemos_decoder_unchanged(tiny_tts_model):
     from nemo.collections.tts.models import MagpieTTSModel
     from nemotron_tts.model import share_causal_masks
