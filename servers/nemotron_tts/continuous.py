@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .eos import end_frames
 from .model import SpeechModel, Utterance
 
 
@@ -181,11 +182,12 @@ class ContinuousBatch:
         codes, argmax = self._sample(items, logits, output, unfinished_items, finished_items)
         self._store_prior(items, prior[:, 0, :width] if prior is not None else None)
         ended = []
+        ends = end_frames(model, codes, argmax, self.eos_method)
         for k, item in enumerate(items):
             item.last_attended, item.counter = attended[k], counters[k]
             item.unfinished, item.finished_count = unfinished.get(k, False), finished.get(k)
             item.codes = codes[k]
-            end = model.detect_eos(codes[k], argmax[k], self.eos_method)
+            end = ends[k]
             valid = model.frame_stacking_factor if end == float("inf") else int(end)
             item.step += 1
             if not item.utterance.cancelled() and valid > 0:

@@ -19,6 +19,7 @@ import torch
 from loguru import logger
 from nemotron_common.devices import pick_device
 
+from . import eos
 from .codec import StreamDecoder, WindowedCodec, receptive_field
 from .text import split_long
 
@@ -262,7 +263,7 @@ class SpeechModel:
     @contextmanager
     def _observe(self, utterances: list[Utterance], on_step: Callable[[], None] | None, last_chunk: bool):
         model = self.model
-        check = type(model)._check_eos_and_update_state
+        check = eos.check_eos_and_update_state
         stacking = model.frame_stacking_factor
         ended: set[int] = set()
 

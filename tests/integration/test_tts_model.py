@@ -237,6 +237,49 @@ def test_host_side_attention_prior_equals_nemos(plain):
         assert torch.equal(ours[0], nemo_prior[0]) and ours[1:] == nemo_prior[1:]
 
 
+def test_batched_end_of_speech_check_equals_nemos(plain):
+    """eos.py's check finds the ends NeMo's per-item check finds and leaves the same state, for
+    every detection method, frame stacking of 1 and 2, and items already ended or ending a chunk."""
+    import copy
+
+    from nemo.collections.tts.models import MagpieTTSModel
+    from nemo.collections.tts.modules.magpietts_modules import EOSDetectionMethod
+    from nemotron_tts import eos
+
+    model = plain.model
+    stacking, eos_id = model.frame_stacking_factor, model.audio_eos_id
+    generator = torch.Generator().manual_seed(0)
+    try:
+        for trial in range(60):
+            method = list(EOSDetectionMethod)[trial % len(EOSDetectionMethod)]
+            model.frame_stacking_factor = 1 + trial % 2
+            batch, codebooks = 1 + trial % 7, 4
+            shape = (batch, codebooks, model.frame_stacking_factor)
+            codes, argmax = (torch.randint(0, 8, shape, generator=generator) for _ in range(2))
+            for tensor in (codes, argmax):  # some end codes: in one codebook, in all, in the first only
+                tensor[torch.rand(shape, generator=generator) < 0.3] = eos_id
+                tensor[torch.rand(batch, generator=generator) < 0.2] = eos_id
+            state = model.create_chunk_state(batch_size=batch)
+            state.overall_idx = trial
+            state.end_indices = {0: 3} if trial % 3 == 0 else {}
+            chunk_end = {batch - 1: 2} if trial % 4 == 1 else {}
+            finished = {item: trial % 5 for item in range(0, batch, 2)}
+            end_of_text = [(item + trial) % 3 != 0 for item in range(batch)]
+            step = trial % 9
+            expected = [copy.deepcopy(state), dict(chunk_end), {}, dict(finished)]
+            MagpieTTSModel._check_eos_and_update_state(model, expected[0], codes, argmax, expected[1],
+                                                       expected[2], expected[3], end_of_text, method, step,
+                                                       batch)
+            got = [copy.deepcopy(state), dict(chunk_end), {}, dict(finished)]
+            eos.check_eos_and_update_state(model, got[0], codes, argmax, got[1], got[2], got[3],
+                                           end_of_text, method, step, batch)
+            assert got == expected
+            assert eos.end_frames(model, codes, argmax, method) == [
+                model.detect_eos(codes[item], argmax[item], method) for item in range(batch)]
+    finally:
+        model.frame_stacking_factor = stacking
+
+
 @pytest.mark.parametrize("forbid_eos", [False, True])
 def test_static_code_sampler_draws_the_codes_nemo_draws(plain, forbid_eos):
     from nemo.collections.tts.models import MagpieTTSModel
