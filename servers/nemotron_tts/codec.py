@@ -63,17 +63,23 @@ class StreamDecoder:
     def __init__(self, context: Context, samples_per_frame: int) -> None:
         self.context = context
         self.samples_per_frame = samples_per_frame
-        self.codes: torch.Tensor | None = None  # (codebooks, frames) generated so far
+        # (codebooks, frames) generated so far: joined only when a chunk is cut, not one copy (a
+        # kernel launch on a GPU) per utterance per decoder step
+        self._codes: list[torch.Tensor] = []
+        self.total = 0
         self.sent = 0  # frames whose audio has been handed out
         self.slot = 0  # its row of carried codec state (CarriedStateCodec only)
         self.close: Callable[[], object] = lambda: None  # gives a carried state's slot back
 
     @property
-    def total(self) -> int:
-        return 0 if self.codes is None else self.codes.shape[-1]
+    def codes(self) -> torch.Tensor | None:
+        if len(self._codes) > 1:
+            self._codes = [torch.cat(self._codes, dim=-1)]
+        return self._codes[0] if self._codes else None
 
     def push(self, codes: torch.Tensor) -> None:
-        self.codes = codes if self.codes is None else torch.cat([self.codes, codes], dim=-1)
+        self._codes.append(codes)
+        self.total += codes.shape[-1]
 
     def ready(self) -> int:
         """Frames that could be sent now without waiting for later codes."""
