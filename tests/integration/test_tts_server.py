@@ -350,6 +350,30 @@ def test_an_over_long_text_is_refused_and_fails_no_other_client(server):
     assert done["segments_generated"] == 3 and got.messages("error") == []
 
 
+def test_a_long_text_does_not_hold_other_clients_until_its_end(server):
+    """One client's paragraph (several sentence chunks) runs a chunk at a time in fixed batches:
+    another client's sentence, sent while the paragraph is being made, is spoken before it ends."""
+    if server.health()[1]["engine"]["continuous"]:
+        pytest.skip("continuous batching still runs a long text whole")
+    paragraph = " ".join(f"Sentence number {i} of a long reply." for i in range(8))
+
+    async def scenario():
+        started = time.monotonic()
+        long = asyncio.ensure_future(asyncio.to_thread(post, server, {"input": paragraph, "stream": False}))
+        await asyncio.sleep(0.5)  # the paragraph's first chunk is running
+        client = await TTSClient.open(server.ws)
+        await client.send(type="text", text="A short answer.", mode="stream")
+        await client.until("segment_complete")
+        short_s = time.monotonic() - started
+        await client.close()
+        status, _, pcm = await long
+        return short_s, time.monotonic() - started, status, pcm
+
+    short_s, long_s, status, pcm = run(scenario())
+    assert status == 200 and len(pcm) > 0
+    assert short_s < long_s / 2  # not after all eight sentences
+
+
 def test_concurrent_clients_get_complete_audio_in_shared_batches(server):
     before = server.health()[1]["engine"]["batches"]
 
