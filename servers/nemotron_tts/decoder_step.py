@@ -97,15 +97,12 @@ class StaticDecoder:
         self._targets: list[int] | None = None
 
     def _allocate(self, positions: int, text: int) -> None:
-        """Buffers for ``positions`` and ``text``; rows already cached keep what fits, since an item
-        joining a running batch (continuous batching) may need more room than the others have."""
         self.max_positions, self.max_text = positions, text
         rows, device, dtype = self.max_rows, self.device, self.dtype
         self_shape = [(rows, layer.self_attention.n_heads, positions, layer.self_attention.d_head)
                       for layer in self.layers]
         cross_shape = [(rows, layer.cross_attention.n_heads, text, layer.cross_attention.d_head)
                        for layer in self.layers]
-        old = vars(self).copy()
         self.self_k = [torch.zeros(s, device=device, dtype=dtype) for s in self_shape]
         self.self_v = [torch.zeros(s, device=device, dtype=dtype) for s in self_shape]
         self.cross_k = [torch.zeros(s, device=device, dtype=dtype) for s in cross_shape]
@@ -114,15 +111,22 @@ class StaticDecoder:
         self.text_mask[:, 0] = True  # rows beyond a batch stay finite
         self.prior = torch.ones(len(self.layers), rows, text, device=device, dtype=dtype)
         self.frame = torch.zeros(rows, self.width, device=device, dtype=dtype)
-        self.position = old.get("position", torch.zeros(rows, dtype=torch.long, device=device))
+        self.position = torch.zeros(rows, dtype=torch.long, device=device)
         self.key_index = torch.arange(positions, device=device)
         self.pool = GraphPool()  # graphs captured the old buffers
-        for name in ("self_k", "self_v", "cross_k", "cross_v"):
-            for new, kept in zip(getattr(self, name), old.get(name, ()), strict=False):
-                _copy_overlap(new, kept, dim=2)
-        if "text_mask" in old:
-            _copy_overlap(self.text_mask, old["text_mask"], dim=1)
-            _copy_overlap(self.prior, old["prior"], dim=2)
+
+    def _grow(self, positions: int, text: int) -> None:
+        """Larger buffers in which the rows already cached keep what they hold: an item joining a
+        running batch (continuous batching) may need more room than the others have."""
+        caches = (self.self_k, self.self_v, self.cross_k, self.cross_v)
+        text_mask, prior, position = self.text_mask, self.prior, self.position
+        self._allocate(positions, text)
+        for new, kept in zip((self.self_k, self.self_v, self.cross_k, self.cross_v), caches, strict=True):
+            for new_layer, kept_layer in zip(new, kept, strict=True):
+                _copy_overlap(new_layer, kept_layer, dim=2)
+        _copy_overlap(self.text_mask, text_mask, dim=1)
+        _copy_overlap(self.prior, prior, dim=2)
+        self.position = position
 
     # -- the generation loop's side -------------------------------------------------------------
 
@@ -196,7 +200,7 @@ class StaticDecoder:
             raise RuntimeError(f"{rows} decoder rows exceed the {self.max_rows} allocated")
         positions = length + self.model.inference_parameters.max_decoder_steps + 1
         if positions > self.max_positions or text > self.max_text:
-            self._allocate(max(self.max_positions, positions), max(self.max_text, -(-text // 64) * 64))
+            self._grow(max(self.max_positions, positions), max(self.max_text, -(-text // 64) * 64))
         targets = torch.tensor(self._targets or range(rows), device=self.device)
         inputs = (dec_input_embedded, dec_input_mask, cond, cond_mask, attn_prior)
         results = []

@@ -63,7 +63,7 @@ class _Running:
 class _LongText:
     """A job of several sentence chunks between two of them: its generation waits in ``chunks``."""
     live: list[_Running]  # the job until its last frame is out, then empty
-    chunks: Iterator[int] = field(default_factory=lambda: iter(()))
+    chunks: Iterator[int]
 
 
 class Engine:
@@ -237,11 +237,7 @@ class Engine:
                 self.continuous = batch = type(batch)(self.model)
                 self._isolate(failed, exc)
                 continue
-            self.batches += 1
-            self.batched_jobs += len(batch)
-            self.largest_batch = max(self.largest_batch, len(batch))
-            if self.metrics:
-                self.metrics.batch_size.observe(len(batch))
+            self._count_batch(len(batch))
             running = self._flush(running, [r for r in running if r.ended or r.job.cancelled.is_set()])
             if not running:
                 batch.clear()  # cancelled items still in it would hold rows until the next step
@@ -250,10 +246,7 @@ class Engine:
         self.busy, self.heartbeat = True, time.monotonic()
         if self.metrics:
             self.metrics.started(batch)
-            self.metrics.batch_size.observe(len(batch))
-        self.batches += 1
-        self.batched_jobs += len(batch)
-        self.largest_batch = max(self.largest_batch, len(batch))
+        self._count_batch(len(batch))
         running = [_Running.start(job, self.model.stream_decoder()) for job in batch]
         live = list(running)
 
@@ -273,17 +266,24 @@ class Engine:
             self.busy = False
         self._flush(live, live)
 
+    def _count_batch(self, size: int) -> None:
+        """A fixed batch, a continuous decoder step or a long text's chunk, for /health and metrics."""
+        self.batches += 1
+        self.batched_jobs += size
+        self.largest_batch = max(self.largest_batch, size)
+        if self.metrics:
+            self.metrics.batch_size.observe(size)
+
     def _start_long(self, job: Job) -> None:
         if self.metrics:
             self.metrics.started([job])
         running = _Running.start(job, self.model.stream_decoder())
-        long = _LongText([running])
 
         def on_step() -> None:
             self.heartbeat = time.monotonic()
             long.live = self._flush(long.live, [r for r in long.live if r.ended])
 
-        long.chunks = self.model.generate_chunks([running.utterance()], on_step)
+        long = _LongText([running], self.model.generate_chunks([running.utterance()], on_step))
         self._long = long
 
     def _next_chunk(self, long: _LongText) -> None:
@@ -292,11 +292,7 @@ class Engine:
             self._end_long(long)
             return
         self.busy, self.heartbeat = True, time.monotonic()
-        self.batches += 1
-        self.batched_jobs += 1
-        self.largest_batch = max(self.largest_batch, 1)
-        if self.metrics:
-            self.metrics.batch_size.observe(1)
+        self._count_batch(1)
         if self.seed:  # each chunk, so that its audio does not depend on the batches run in between
             torch.manual_seed(self.seed)
         try:

@@ -50,11 +50,9 @@ def check_eos_and_update_state(model, chunk_state, audio_codes_next, all_codes_n
         end_frame_index = ends[item]
         if end_frame_index != float("inf"):
             chunk_end_frame_lens[item] = current_step * model.frame_stacking_factor + end_frame_index
-            if end_of_text[item]:  # the speech of the whole text ends here
+            chunk_end_dict[item] = current_step  # this chunk's speech ends here
+            if end_of_text[item]:  # and with it the whole text's
                 chunk_state.end_indices[item] = chunk_state.overall_idx
-                chunk_end_dict[item] = current_step
-            elif item not in chunk_end_dict:  # this chunk's speech ends here
-                chunk_end_dict[item] = current_step
         elif not end_of_text[item] and finished_texts_counter.get(item, -1) >= forceful:
             chunk_end_dict[item] = current_step
             chunk_end_frame_lens[item] = (current_step + 1) * model.frame_stacking_factor

@@ -186,21 +186,22 @@ class SpeechModel:
             chunk_text_for_inference,
         )
 
-        name, tokenizer, eos = self.languages[language], self.model.tokenizer, self.model.eos_id
-        chunks, _, texts = chunk_text_for_inference(text=text, language=language, tokenizer_name=name,
-                                                    text_tokenizer=tokenizer, eos_token_id=eos)
-        thresholds = DEFAULT_LANGUAGE_THRESHOLDS
+        def nemo(text: str) -> tuple[list[torch.Tensor], list[str]]:
+            chunks, _, texts = chunk_text_for_inference(
+                text=text, language=language, tokenizer_name=self.languages[language],
+                text_tokenizer=self.model.tokenizer, eos_token_id=self.model.eos_id)
+            return [chunk.long() for chunk in chunks], texts
 
         def fits(piece: str) -> bool:
-            return len(piece) <= MAX_CHUNK_CHARS and not thresholds.exceeds_threshold(piece, language)
+            return (len(piece) <= MAX_CHUNK_CHARS
+                    and not DEFAULT_LANGUAGE_THRESHOLDS.exceeds_threshold(piece, language))
 
         pieces = []
-        for chunk, sentence in zip(chunks, texts, strict=True):
+        for chunk, sentence in zip(*nemo(text), strict=True):
             if fits(sentence):
-                pieces.append(chunk.long())
-            else:
-                pieces += [torch.tensor([*tokenizer.encode(text=piece, tokenizer_name=name), eos])
-                           for piece in split_long(sentence, fits)]
+                pieces.append(chunk)
+            else:  # each piece fits, so NeMo tokenizes it as one chunk
+                pieces += [tokens for piece in split_long(sentence, fits) for tokens in nemo(piece)[0]]
         return pieces
 
     @torch.inference_mode()
