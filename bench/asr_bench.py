@@ -44,7 +44,8 @@ def _steps_between(before: dict, after: dict) -> dict:
         steps = now["steps"] - then["steps"]
         if not steps:
             continue
-        out[kind] = {"steps": steps, "mean_streams": round((now["streams"] - then["streams"]) / steps, 1)}
+        streams = now["streams"] - then["streams"]
+        out[kind] = {"steps": steps, "streams": streams, "mean_streams": round(streams / steps, 1)}
         for key in (k for k in now if k.endswith("_ms")):
             total = now[key] * now["steps"] - then.get(key, 0.0) * then["steps"]
             out[kind][key] = round(total / steps, 2)
