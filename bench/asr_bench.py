@@ -13,7 +13,6 @@ engine processes on one GPU.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -80,7 +79,7 @@ def _steps_between(before: dict, after: dict) -> dict:
 def main(shape, model_path, modes, streams, seconds, frame_ms, large_frame_ms, procs, right_context,
          out, servers, port, repeats, instances, step_timing, spread_ms) -> None:
     from asr_load import run_level
-    from serving import device_name, stop, wait_ready
+    from serving import device_name, server_env, stop, wait_ready
 
     out.mkdir(parents=True, exist_ok=True)
     if model_path is None:
@@ -106,8 +105,7 @@ def main(shape, model_path, modes, streams, seconds, frame_ms, large_frame_ms, p
                  "--right-context", str(right_context), "--max-sessions", str(capacity),
                  "--max-batch", str(capacity), *MODES[mode], *(["--step-timing"] if step_timing else [])],
                 stdout=(out / f"{name}.log").open("w"), stderr=subprocess.STDOUT,
-                env={**os.environ, "PYTHONPATH": os.pathsep.join(
-                    filter(None, [str(servers.resolve()), os.environ.get("PYTHONPATH")]))}))
+                env=server_env("asr", servers)))
         try:
             ready_s = max(wait_ready(server_port, process, 900)
                           for server_port, process in zip(ports, processes, strict=True))

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import subprocess
 import sys
 import time
@@ -28,7 +27,7 @@ from websockets.asyncio.client import connect
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
-from serving import device_name, gpu_mib, stop, wait_ready  # noqa: E402 - bench/ is not a package
+from serving import device_name, gpu_mib, server_env, stop, wait_ready  # noqa: E402 - bench/ is not a package
 
 
 def reserved_mib(port: int, service: str) -> float:
@@ -75,8 +74,7 @@ def measure(service: str, model: Path, capacity: int, port: int, log_dir: Path, 
         args = ["--max-sessions", str(capacity), "--max-batch", str(capacity)]
     else:
         args = ["--max-batch", str(capacity), "--max-sessions", str(max(capacity, 64))]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT / "servers"),
-                                                                     os.environ.get("PYTHONPATH")]))}
+    env = server_env(service)
     log = (log_dir / f"{service}-{capacity}.log").open("w")
     command = [sys.executable, "-m", f"nemotron_{service}", "--model", str(model), "--port", str(port),
                *args, *extra]

@@ -2,11 +2,33 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import time
 import urllib.request
 from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def unit_environment(service: str) -> dict[str, str]:
+    """The PyTorch settings the installed systemd unit gives ``service`` (its ``Environment=PYTORCH_*``
+    lines), so that a benchmark measures the server as it runs installed: the allocator's settings
+    change how much GPU memory a server holds."""
+    settings = {}
+    for line in (ROOT / "units" / f"nemotron-{service}.service").read_text().splitlines():
+        if line.startswith("Environment=PYTORCH_"):
+            key, _, value = line.removeprefix("Environment=").partition("=")
+            settings[key] = value
+    return settings
+
+
+def server_env(service: str, servers: Path = ROOT / "servers") -> dict[str, str]:
+    """The environment to start ``service`` from the ``servers`` tree with: its unit's PyTorch settings
+    (a variable already set here wins, to compare against), the tree first on the import path."""
+    path = os.pathsep.join(filter(None, [str(Path(servers).resolve()), os.environ.get("PYTHONPATH")]))
+    return {**unit_environment(service), **os.environ, "PYTHONPATH": path}
 
 
 def wait_ready(port: int, process: subprocess.Popen, timeout: float) -> float:

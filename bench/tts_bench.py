@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import statistics
 import subprocess
@@ -27,7 +26,7 @@ from websockets.asyncio.client import connect
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
-from serving import device_name, wait_ready  # noqa: E402 - bench/ is not a package
+from serving import device_name, server_env, wait_ready  # noqa: E402 - bench/ is not a package
 
 TEXT = "Hello there, this is a short reply from the voice agent, spoken as soon as possible."
 CONFIGS = {"cfg": ["--cfg"], "no-cfg": ["--no-cfg"],
@@ -43,7 +42,10 @@ CONFIGS = {"cfg": ["--cfg"], "no-cfg": ["--no-cfg"],
            "cfg-continuous-process": ["--cfg", "--continuous-batching", "--engine-host", "process"],
            # the prompt through NeMo 32 or 64 decoder rows at a time (16 or 32 segments with CFG)
            "cfg-prefill-32": ["--cfg", "--prefill-rows", "32"],
-           "cfg-prefill-64": ["--cfg", "--prefill-rows", "64"]}
+           "cfg-prefill-64": ["--cfg", "--prefill-rows", "64"],
+           # the static decoder's keys and values in float16 (the default on CUDA) or the model's type
+           "cfg-kv16": ["--cfg", "--kv-cache-dtype", "float16"],
+           "cfg-kv-model": ["--cfg", "--kv-cache-dtype", "model"]}
 
 
 async def _one_stream(url: str, preset: str, sample_rate: int, delay_s: float = 0.0) -> dict:
@@ -127,8 +129,7 @@ def main(model_path, configs, streams, preset, max_frames, repeats, out, port, s
             [sys.executable, "-m", "nemotron_tts", "--model", str(model_path), "--port", str(port),
              "--max-sessions", str(max(counts)), "--max-batch", str(max(counts)),
              "--max-frames", str(max_frames), *CONFIGS[name]],
-            stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": os.pathsep.join(
-                filter(None, [str(servers.resolve()), os.environ.get("PYTHONPATH")]))})
+            stdout=log, stderr=subprocess.STDOUT, env=server_env("tts", servers))
         try:
             ready_s = wait_ready(port, process, 900)
             print(f"{name}: server ready after {ready_s:.0f} s", flush=True)

@@ -25,7 +25,7 @@ import click
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "bench"), str(ROOT / "servers")]
 from nemotron_common import ports  # noqa: E402 - bench scripts run as files
-from serving import device_name, gpu_mib, stop, wait_ready  # noqa: E402
+from serving import device_name, gpu_mib, server_env, stop, wait_ready  # noqa: E402
 
 PORTS = {"asr": ports.ASR, "tts": ports.TTS, "llm": ports.LLM}
 
@@ -93,7 +93,7 @@ def main(asr_model, tts_model, llm_model, llama_server, conversations, llm_load,
         for name, argv in commands.items():  # one after another, as nemotron.target orders them
             begin = time.monotonic()
             processes[name] = subprocess.Popen([sys.executable, *argv], stdout=logs[name],
-                                               stderr=subprocess.STDOUT)
+                                               stderr=subprocess.STDOUT, env=server_env(name))
             started[name] = round(wait_ready(PORTS[name], processes[name], timeout=900), 1)
             click.echo(f"{name} ready in {time.monotonic() - begin:.1f} s")
         ready_memory = _memory(processes)

@@ -41,7 +41,7 @@ def main(path: str, max_frames: int = 48) -> None:
     for use_cfg in (False, True):
         models = {
             name: SpeechModel(Path(path), "cuda", use_cfg=use_cfg, max_frames=max_frames, max_batch=32,
-                              static_decoder=static)
+                              static_decoder=static, kv_cache_dtype="model")
             for name, static in (("nemo", False), ("static", True))
         }
         for model in models.values():

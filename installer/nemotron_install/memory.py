@@ -20,13 +20,10 @@ from dataclasses import dataclass
 from .steps import Step
 
 # GPU MiB at READY by capacity (ASR: max_sessions = max_batch; TTS: max_batch), H200, random weights,
-# nvidia-smi per process tree: bench/results/memory-h200-run7.json (ASR 16 and 64, TTS 16),
-# memory-h200-run9.json (TTS 64, the prompt 64 rows at a time), memory-h200-run6.json (TTS 4),
-# memory-h200-run5.json (ASR 256 and 512) and voice-h200-run3.json (TTS 16 at its default in the
-# full stack: it read higher there than alone, 6922 against 6054 and 6480, since its warm-up varies
-# with the random utterances, so the highest reading is kept).
-ASR_MIB = {16: 3024, 64: 3444, 256: 5014, 512: 7244}
-TTS_MIB = {4: 4822, 16: 6922, 64: 15584}
+# nvidia-smi per process tree, with the units' allocator settings (expandable segments) and TTS's
+# default float16 decoder caches: bench/results/memory-h200-run10.json.
+ASR_MIB = {16: 2802, 64: 3044, 256: 4274, 512: 5928}
+TTS_MIB = {4: 3338, 16: 4920, 64: 10392}
 # Nemotron-3-Nano-30B-A3B weights (GiB) by mode: Q8_0 about 33 GB and the BF16 checkpoint about
 # 60 GB, as published; Q4_K_M scaled from Q8_0 by bits per weight (an estimate).
 LLM_WEIGHTS_GIB = {"llamacpp-q8": 30.7, "llamacpp-q4": 18.2, "vllm": 55.9}

@@ -30,6 +30,12 @@ class TTSConfig:
     kv_cache: bool = setting(True, "reuse the decoder's attention keys and values across steps")
     static_decoder: bool = setting(True, "decoder steps on fixed-size caches (graph-captured on CUDA) "
                                    "instead of NeMo's growing ones; needs kv_cache")
+    kv_cache_dtype: str = setting("auto", "type the static decoder keeps attention keys and values in: "
+                                  "model (the model's, float32 for Magpie, NeMo's numerics), float16 (half "
+                                  "the memory of a large batch's largest part; attention's two products run "
+                                  "in it, softmax and the rest in the model's type), bfloat16, or auto "
+                                  "(float16 on CUDA, model on the CPU)",
+                                  choices=("auto", "model", "float16", "bfloat16"))
     continuous_batching: bool = setting(False, "segments join the running batch at any decoder step "
                                         "(needs static_decoder; measured slower on an H200 so far)")
     carried_codec: bool = setting(True, "streamed chunks decode only their new frames, carrying the codec's "

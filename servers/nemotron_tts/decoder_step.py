@@ -51,6 +51,12 @@ def _copy_overlap(target: torch.Tensor, source: torch.Tensor, dim: int) -> None:
     target.narrow(dim, 0, size).copy_(source.narrow(dim, 0, size))
 
 
+def _product(activations: torch.Tensor, cache: torch.Tensor) -> torch.Tensor:
+    """``activations @ cache`` in the cache's type (a no-op cast when it is the model's), the result in
+    the activations' type."""
+    return torch.matmul(activations.to(cache.dtype), cache).to(activations.dtype)
+
+
 def supported(model) -> str | None:
     """Why the static step cannot stand in for this model's decoder, or None if it can."""
     decoder = model.decoder
@@ -70,12 +76,17 @@ class StaticDecoder:
     """Fixed-size caches for up to ``max_rows`` decoder rows (CFG rows count twice)."""
 
     def __init__(self, model, max_rows: int, max_positions: int, max_text: int = 256,
-                 graphs: bool = True, prefill_rows: int = 0) -> None:
+                 graphs: bool = True, prefill_rows: int = 0, cache_dtype: torch.dtype | None = None) -> None:
         self.model = model
         self.decoder = model.decoder
         self.layers = list(self.decoder.layers)
         weight = model.final_proj.weight
         self.device, self.dtype = weight.device, weight.dtype
+        # The keys and values are most of the server's memory at a large batch (every row holds room
+        # for the model's longest sentence). In a narrower type, attention's two products read them
+        # as they are stored (widening them each step would copy every cache, a temporary per layer
+        # that each graph keeps); scores, softmax, prior and all else stay in the model's type.
+        self.cache_dtype = cache_dtype or self.dtype
         self.max_rows = max_rows
         # The prompt's rows NeMo runs at a time (0: all). NeMo's pass keeps every layer's keys, values
         # and text memory for all its rows until they are copied into the fixed caches, the server's
@@ -103,10 +114,11 @@ class StaticDecoder:
                       for layer in self.layers]
         cross_shape = [(rows, layer.cross_attention.n_heads, text, layer.cross_attention.d_head)
                        for layer in self.layers]
-        self.self_k = [torch.zeros(s, device=device, dtype=dtype) for s in self_shape]
-        self.self_v = [torch.zeros(s, device=device, dtype=dtype) for s in self_shape]
-        self.cross_k = [torch.zeros(s, device=device, dtype=dtype) for s in cross_shape]
-        self.cross_v = [torch.zeros(s, device=device, dtype=dtype) for s in cross_shape]
+        cache = self.cache_dtype
+        self.self_k = [torch.zeros(s, device=device, dtype=cache) for s in self_shape]
+        self.self_v = [torch.zeros(s, device=device, dtype=cache) for s in self_shape]
+        self.cross_k = [torch.zeros(s, device=device, dtype=cache) for s in cross_shape]
+        self.cross_v = [torch.zeros(s, device=device, dtype=cache) for s in cross_shape]
         self.text_mask = torch.zeros(rows, text, dtype=torch.bool, device=device)
         self.text_mask[:, 0] = True  # rows beyond a batch stay finite
         self.prior = torch.ones(len(self.layers), rows, text, device=device, dtype=dtype)
@@ -210,12 +222,13 @@ class StaticDecoder:
             self.decoder.reset_cache(use_cache=True)
             results.append(type(self.model).forward(self.model, *_rows(inputs, start, stop), encoder_mapping))
             rows_here = targets[start:stop]
+            cache = self.cache_dtype
             for index, layer in enumerate(self.layers):
                 own, cross = layer.self_attention.cache, layer.cross_attention.cache
-                self.self_k[index][rows_here, :, :length] = own["self_k"].transpose(1, 2)
-                self.self_v[index][rows_here, :, :length] = own["self_v"].transpose(1, 2)
-                self.cross_k[index][rows_here, :, :text] = cross["cross_k"].transpose(1, 2)
-                self.cross_v[index][rows_here, :, :text] = cross["cross_v"].transpose(1, 2)
+                self.self_k[index][rows_here, :, :length] = own["self_k"].transpose(1, 2).to(cache)
+                self.self_v[index][rows_here, :, :length] = own["self_v"].transpose(1, 2).to(cache)
+                self.cross_k[index][rows_here, :, :text] = cross["cross_k"].transpose(1, 2).to(cache)
+                self.cross_v[index][rows_here, :, :text] = cross["cross_v"].transpose(1, 2).to(cache)
         self.decoder.reset_cache(use_cache=True)  # free NeMo's copies; later steps never read them
         result = results[0] if len(results) == 1 else _join(results)
         self.text_mask[targets] = False
@@ -257,26 +270,26 @@ class StaticDecoder:
         qkv = attention.qkv_net(query).reshape(rows, 1, 3, heads, size)
         q, k, v = (part.squeeze(2).transpose(1, 2) for part in qkv.chunk(3, dim=2))  # (rows, heads, 1, size)
         slots = torch.arange(rows, device=self.device)
-        self.self_k[index][slots, :, position] = k[:, :, 0]
-        self.self_v[index][slots, :, position] = v[:, :, 0]
+        self.self_k[index][slots, :, position] = k[:, :, 0].to(self.cache_dtype)
+        self.self_v[index][slots, :, position] = v[:, :, 0].to(self.cache_dtype)
         key, value = self.self_k[index][:rows], self.self_v[index][:rows]
-        score = torch.matmul(q, key.transpose(2, 3)) * attention.scale
+        score = _product(q, key.transpose(2, 3)) * attention.scale
         score = score.masked_fill(~keys, float("-inf"))
-        y = torch.matmul(torch.softmax(score, dim=-1), value)
+        y = _product(torch.softmax(score, dim=-1), value)
         return attention.o_net(y.transpose(1, 2).reshape(rows, 1, -1))
 
     def _cross_attention(self, attention, query, index, text_mask, prior):
         rows = query.shape[0]
         q = attention.q_net(query).reshape(rows, 1, attention.n_heads, attention.d_head).transpose(1, 2)
         key, value = self.cross_k[index][:rows], self.cross_v[index][:rows]
-        score = torch.matmul(q, key.transpose(2, 3)) * attention.scale
+        score = _product(q, key.transpose(2, 3)) * attention.scale
         score = score.masked_fill(~text_mask, float("-inf"))
         prob = torch.softmax(score, dim=-1)
         if prior is not None:
             prob = prob * (prior[:, None, None] + torch.finfo(prior.dtype).tiny)
             prob = prob / prob.sum(dim=-1, keepdim=True)
         prob = prob.masked_fill(~text_mask, 0.0)
-        y = torch.matmul(prob, value)
+        y = _product(prob, value)
         return attention.o_net(y.transpose(1, 2).reshape(rows, 1, -1)), prob
 
     def capture_all(self, max_rows: int) -> int:

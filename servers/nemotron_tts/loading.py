@@ -42,7 +42,8 @@ def load_engine(config: TTSConfig, model_path: Path, codec_path: Path | None, pr
     model = SpeechModel(model_path, config.device, use_cfg=config.cfg, kv_cache=config.kv_cache,
                         max_frames=config.max_frames, codec=codec_path, cuda_graphs=config.cuda_graphs,
                         max_batch=config.max_batch, static_decoder=config.static_decoder,
-                        carried_codec=config.carried_codec, prefill_rows=config.prefill_rows)
+                        carried_codec=config.carried_codec, prefill_rows=config.prefill_rows,
+                        kv_cache_dtype=config.kv_cache_dtype)
     if model.speakers < len(config.voice_names):
         raise ValueError(f"the model has {model.speakers} baked speakers but voices names "
                          f"{len(config.voice_names)}")

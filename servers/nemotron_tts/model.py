@@ -72,11 +72,21 @@ def share_causal_masks(model: torch.nn.Module) -> int:
     return freed
 
 
+def cache_type(name: str, device: torch.device) -> torch.dtype | None:
+    """The static decoder's key and value type for the ``kv_cache_dtype`` setting (None: the model's).
+    float16 by default on CUDA: it halves the caches, which are most of a large batch's memory, and
+    first audio measured no later with it (bench/results/memory-h200-run10.md); a CPU computes
+    float16 products slower than float32 ones."""
+    if name == "auto":
+        name = "float16" if device.type == "cuda" else "model"
+    return None if name == "model" else getattr(torch, name)
+
+
 class SpeechModel:
     def __init__(self, path: Path, device: str = "auto", use_cfg: bool = True, kv_cache: bool = True,
                  max_frames: int = 0, codec: Path | None = None, cuda_graphs: bool = True,
                  max_batch: int = 16, static_decoder: bool = True, carried_codec: bool = True,
-                 prefill_rows: int = 64) -> None:
+                 prefill_rows: int = 64, kv_cache_dtype: str = "auto") -> None:
         from nemo.collections.tts.models import MagpieTTSModel
         from nemotron_common import nemo_fixes
         from nemotron_common.logs import adopt
@@ -112,7 +122,7 @@ class SpeechModel:
             self.sampler.install()
             self.code_sampler = CodeSampler(self.model, graphs=True)
             self.code_sampler.install()
-        self.static = (self._static_decoder(max_batch, cuda_graphs, prefill_rows)
+        self.static = (self._static_decoder(max_batch, cuda_graphs, prefill_rows, kv_cache_dtype)
                        if static_decoder and kv_cache else None)
         self.sample_rate = int(self.model.output_sample_rate)
         self.samples_per_frame = int(self.model.codec_model_samples_per_frame)
@@ -121,7 +131,7 @@ class SpeechModel:
         self.codec = self._stream_codec(max_batch, carried_codec, cuda_graphs)
         logger.info(f"streamed codec: {self.codec.describe()}")
 
-    def _static_decoder(self, max_batch: int, graphs: bool, prefill_rows: int):
+    def _static_decoder(self, max_batch: int, graphs: bool, prefill_rows: int, cache_dtype: str):
         from .decoder_step import StaticDecoder, supported
 
         if reason := supported(self.model):
@@ -130,7 +140,8 @@ class SpeechModel:
         context = int(self.model._baked_embedding_T.item())
         positions = context + self.model.inference_parameters.max_decoder_steps + 2
         rows = max_batch * self.rows_per_utterance
-        return StaticDecoder(self.model, rows, positions, graphs=graphs, prefill_rows=prefill_rows)
+        return StaticDecoder(self.model, rows, positions, graphs=graphs, prefill_rows=prefill_rows,
+                             cache_dtype=cache_type(cache_dtype, self.device))
 
     def _stream_codec(self, max_batch: int, carried: bool, graphs: bool):
         from .codec_states import CarriedStateCodec, unsupported

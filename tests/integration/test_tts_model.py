@@ -358,6 +358,70 @@ def test_static_decoder_grows_for_longer_text(cached_pair):
     assert torch.equal(got, expected)
 
 
+def test_float16_caches_hold_half_the_bytes_and_attend_as_float32_ones(cached_pair):
+    """``kv_cache_dtype = float16``: the caches take half the bytes, and attention over the same keys
+    and values (rounded once, multiplied in float16) gives what float32 caches give, within float16's
+    rounding."""
+    from nemotron_tts.decoder_step import StaticDecoder
+
+    _, static = cached_pair
+    shape = (static.static.max_rows, static.static.max_positions, static.static.max_text)
+    full, half = (StaticDecoder(static.model, *shape, graphs=False, cache_dtype=dtype)
+                  for dtype in (None, torch.float16))
+    caches = [[*d.self_k, *d.self_v, *d.cross_k, *d.cross_v] for d in (full, half)]
+    assert sum(t.nbytes for t in caches[1]) * 2 == sum(t.nbytes for t in caches[0])
+    torch.manual_seed(0)
+    for wide, narrow in zip(*caches, strict=True):
+        narrow.copy_(wide.normal_())
+    rows, length, text = 3, 40, 20
+    for decoder in (full, half):
+        decoder.text_mask[:rows] = False
+        decoder.text_mask[:rows, :text] = True
+    position = torch.full((rows,), length)
+    keys = (full.key_index[None] <= position[:, None])[:, None, None]
+    layer = full.layers[0]
+    query = torch.randn(rows, 1, full.width)
+    with torch.no_grad():
+        own = [d._self_attention(layer.self_attention, query, 0, position, keys) for d in (full, half)]
+        cross = [d._cross_attention(layer.cross_attention, query, 0, d.text_mask[:rows, None, None], None)
+                 for d in (full, half)]
+    for want, have in (own, (cross[0][0], cross[1][0]), (cross[0][1], cross[1][1])):
+        assert (have - want).abs().max() <= 1e-2 * want.abs().max()
+        assert not torch.equal(have, want)  # the float16 caches were read, not float32 ones
+
+
+def test_float16_caches_speak_the_codes_of_float32_ones(cached_pair):
+    """End to end through the model: from the same seed, float16 caches draw the same codes as the
+    float32 ones for the frames compared, their logits within float16's rounding."""
+    from nemotron_tts.decoder_step import StaticDecoder
+
+    _, static = cached_pair
+    full = static.static
+    half = StaticDecoder(static.model, full.max_rows, full.max_positions, full.max_text, graphs=False,
+                         cache_dtype=torch.float16)
+    runs = []
+    try:
+        for decoder in (full, half):
+            static.static, logits, frames = decoder, [], []
+
+            def recorded(*args, step=decoder.step, logits=logits):
+                result = step(*args)
+                logits.append(result[0].clone())
+                return result
+
+            decoder.step = recorded
+            torch.manual_seed(5)
+            static.generate([Utterance(static.tokenize(LONG_TEXT, "en"), 1, frames.append)])
+            del decoder.step
+            runs.append((logits, torch.cat(frames, dim=-1)))
+    finally:
+        static.static = full
+    (expected, codes_full), (got, codes_half) = runs
+    assert torch.equal(codes_half, codes_full)
+    for want, have in zip(expected, got, strict=True):
+        assert (have - want).abs().max() <= 2e-4 * want.abs().max()
+
+
 @pytest.mark.parametrize("continuous", [False, True], ids=["fixed", "continuous"])
 def test_engine_finishes_a_job_at_its_own_last_frame(tiny_tts_model, continuous):
     """A short segment batched with long ones is complete when its speech ends, not when theirs do."""

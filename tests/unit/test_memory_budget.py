@@ -52,7 +52,7 @@ def test_memory_drop_ins_follow_each_servers_share(tmp_path):
     step.action(lambda _line: None)
     tts = (tmp_path / "nemotron-tts.service.d/memory.conf").read_text()
     asr = (tmp_path / "nemotron-asr.service.d/memory.conf").read_text()
-    assert "MemoryMax=24G" in tts and "MemoryMax=12G" in asr  # 15.2 + 8 and 3.2 + 8 GiB, rounded up
+    assert "MemoryMax=19G" in tts and "MemoryMax=11G" in asr  # 10.1 + 8 and 3.0 + 8 GiB, rounded up
     # Without a GPU budget (here: a GPU whose memory is unknown) the drop-ins go.
     unknown = dataclasses.replace(SPARK, memory_gib=0.0)
     no_budget = next(s for s in build_plan(options, unknown, LOCK) if s.name == "memory")
@@ -61,7 +61,7 @@ def test_memory_drop_ins_follow_each_servers_share(tmp_path):
 
 
 def test_a_stack_that_cannot_fit_is_refused_with_the_fix():
-    result = CliRunner().invoke(main, ["--dry-run", "--for", "spark", "--set", "tts.max_batch=512",
+    result = CliRunner().invoke(main, ["--dry-run", "--for", "spark", "--set", "tts.max_batch=1024",
                                        "--set", "asr.max_sessions=512", "--set", "asr.max_batch=512"])
     assert "DOES NOT FIT" in result.output
     assert "preflight would stop a real run: the stack needs" in result.output
