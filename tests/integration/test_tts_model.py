@@ -207,7 +207,9 @@ def test_windows_decoded_together_equal_windows_decoded_alone(plain):
 
 
 def test_host_side_attention_prior_equals_nemos(plain):
-    """prior.py's replacements return exactly what NeMo's per-item versions return."""
+    """prior.py's replacements return exactly what NeMo's per-item versions return: batches of 1 to 130
+    items, CFG's extra rows, chunk offsets (a window may start before the scores do), texts too short
+    for a window, attention sinks and stuck positions."""
     import copy
 
     from nemo.collections.tts.models import MagpieTTSModel
@@ -215,20 +217,22 @@ def test_host_side_attention_prior_equals_nemos(plain):
 
     model = plain.model
     generator = torch.Generator().manual_seed(0)
-    for trial in range(20):
-        batch = 1 + trial % 5
-        width = 30
-        scores = torch.rand(batch, width, generator=generator)
-        lens = torch.randint(3, width + 1, (batch,), generator=generator)
+    for trial in range(60):
+        batch = 130 if trial % 10 == 9 else 1 + trial % 7
+        rows, width = batch * (2 if trial % 2 else 1), 30
+        scores = torch.rand(rows, width, generator=generator)
+        scores[:, 7] = scores[:, 8] = 2.0 if trial % 4 == 0 else scores[:, 7]  # a tie: the first wins
+        lens = torch.randint(1 if trial % 3 == 0 else 6, width + 1, (batch,), generator=generator)
         last = [[int(x) for x in torch.randint(0, 12, (batch,), generator=generator)]]
+        offsets = torch.randint(0, 16, (batch,), generator=generator).tolist() if trial % 5 < 2 else []
         positions, counts = torch.randint(0, 20, (batch, 4), generator=generator), torch.randint(
             0, 14, (batch, 4), generator=generator)
         counters = [dict(zip(positions[i].tolist(), counts[i].tolist(), strict=True)) for i in range(batch)]
-        args = (scores, last, lens, 5, copy.deepcopy(counters), batch)
+        args = (scores, last, lens, 5, copy.deepcopy(counters), batch, offsets)
         expected = MagpieTTSModel.get_most_attended_text_timestep(model, *args)
-        got = prior.most_attended(model, scores, last, lens, 5, copy.deepcopy(counters), batch)
+        got = prior.most_attended(model, *args[:4], copy.deepcopy(counters), batch, offsets)
         assert got == expected
-        attended = [min(t, width - 1) for t in expected[0]]
+        attended = [max(0, min(t, width - 1)) for t in expected[0]]
         state = ({}, {0: 3} if batch > 1 else {}, {batch - 1: 7} if trial % 3 == 0 else {})
         nemo_prior = MagpieTTSModel.construct_inference_prior(
             model, 0.1, scores, lens, attended, copy.deepcopy(counters), *copy.deepcopy(state), 5, batch)
