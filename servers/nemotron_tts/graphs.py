@@ -11,7 +11,10 @@ from collections.abc import Callable
 import torch
 from nemotron_common.cuda_graphs import capture
 
-BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+# Rows a graph is captured for; a call's rows are padded to the next one. They reach 512 because
+# the static decoder's rows are twice the segments with CFG: a batch of 128 segments is 256 rows, and
+# rows above the largest bucket run eagerly, one kernel launch at a time.
+BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 
 
 def bucket_for(rows: int) -> int | None:
