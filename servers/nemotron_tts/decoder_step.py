@@ -186,7 +186,7 @@ class StaticDecoder:
             if isinstance(prior, torch.Tensor):
                 self.prior[index, :rows, : prior.shape[-1]] = prior
         with_prior = tuple(prior is not None for prior in priors)
-        bucket = bucket_for(rows) if self.use_graphs else None
+        bucket = bucket_for(rows, self.max_rows) if self.use_graphs else None
         if bucket is None or bucket > self.max_rows:
             logits, output, probs = self.step(rows, with_prior)
         else:

@@ -12,21 +12,28 @@ import torch
 from nemotron_common.cuda_graphs import capture
 
 # Rows a graph is captured for; a call's rows are padded to the next one. They reach 512 because
-# the static decoder's rows are twice the segments with CFG: a batch of 128 segments is 256 rows, and
-# rows above the largest bucket run eagerly, one kernel launch at a time.
+# the static decoder's rows are twice the segments with CFG (a batch of 128 segments is 256 rows);
+# a call with more rows than any captured graph runs eagerly, one kernel launch at a time.
 BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 
 
-def bucket_for(rows: int) -> int | None:
-    return next((b for b in BUCKETS if b >= rows), None)
+def bucket_for(rows: int, limit: int | None = None) -> int | None:
+    """The rows a call of ``rows`` is padded to: the next bucket, or ``limit`` (the most rows the
+    caller was configured for, captured as a bucket of its own) where that is smaller; None past
+    both."""
+    bucket = next((b for b in BUCKETS if b >= rows), None)
+    if limit is not None and rows <= limit and (bucket is None or bucket > limit):
+        return limit
+    return bucket
 
 
 def buckets_up_to(max_batch: int) -> list[int]:
-    """The buckets a batch of at most ``max_batch`` rows can use, largest first: the order warmup
-    captures them in. All graphs share one memory pool, where freed memory is reused only by
-    requests that fit a freed block, so smaller graphs captured after the largest fit in its
-    memory; smallest first, every larger bucket took new memory."""
-    return [b for b in reversed(BUCKETS) if b <= max(1, max_batch)]
+    """The buckets a batch of at most ``max_batch`` rows uses (``bucket_for(rows, max_batch)``),
+    largest first: the order warmup captures them in. All graphs share one memory pool, where freed
+    memory is reused only by requests that fit a freed block, so smaller graphs captured after the
+    largest fit in its memory; smallest first, every larger bucket took new memory."""
+    top = max(1, max_batch)
+    return [top, *(b for b in reversed(BUCKETS) if b < top)]
 
 
 class GraphPool:
