@@ -187,7 +187,7 @@ class StaticDecoder:
                 self.prior[index, :rows, : prior.shape[-1]] = prior
         with_prior = tuple(prior is not None for prior in priors)
         bucket = bucket_for(rows, self.max_rows) if self.use_graphs else None
-        if bucket is None or bucket > self.max_rows:
+        if bucket is None:
             logits, output, probs = self.step(rows, with_prior)
         else:
             key = (bucket, with_prior)

@@ -398,7 +398,7 @@ def test_half_width_caches_hold_half_the_bytes_and_attend_as_float32_ones(cached
 
 def test_float16_caches_speak_the_codes_of_float32_ones(cached_pair):
     """End to end through the model: from the same seed, float16 caches draw the same codes as the
-    float32 ones for the frames compared, their logits within float16's rounding."""
+    float32 ones, every step's logits within float16's rounding."""
     from nemotron_tts.decoder_step import StaticDecoder
 
     _, static = cached_pair
