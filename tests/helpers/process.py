@@ -62,7 +62,15 @@ class NotifyListener:
         return False
 
     def close(self) -> None:
+        """Stop listening, keeping every datagram already sent (a last STOPPING=1 the thread had not read)."""
         self._stop = True
+        self._thread.join(timeout=2)
+        self.sock.setblocking(False)
+        while True:
+            try:
+                self.messages.append((time.monotonic(), self.sock.recv(65536).decode("latin-1")))
+            except (BlockingIOError, OSError):
+                break
         self.sock.close()
 
 

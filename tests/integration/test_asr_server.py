@@ -51,6 +51,8 @@ def run(coro):
 def test_readiness_reported_to_systemd_after_warmup(server):
     assert server.health_while_starting[0] == 503
     assert server.health_while_starting[1]["status"] == "loading"
+    # READY=1 is sent before /health says 200; the listener's thread records it on its own schedule
+    assert server.notify.wait_for("READY=1", timeout=5)
     fields = server.notify.fields()
     ready = fields.index("READY=1")
     before = fields[:ready]

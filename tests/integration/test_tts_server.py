@@ -60,6 +60,8 @@ def run(coro):
 def test_readiness_reported_to_systemd_after_warmup(server):
     assert server.health_while_starting == (503, server.health_while_starting[1])
     assert server.health_while_starting[1]["status"] == "loading"
+    # READY=1 is sent before /health says 200; the listener's thread records it on its own schedule
+    assert server.notify.wait_for("READY=1", timeout=5)
     fields = server.notify.fields()
     before = fields[:fields.index("READY=1")]
     assert any(f.startswith("STATUS=loading") for f in before)
