@@ -6,7 +6,7 @@ and mixture-of-experts blocks in the released layer pattern), the same widths, e
 the same vocabulary size and the same quantisation (Q8_0, the default GGUF), so that every token reads
 the same bytes and runs the same kernels as the released checkpoint. ``nano`` has the shape of
 nvidia/NVIDIA-Nemotron-3-Nano-30B-A3B (31.6 B parameters, about 33 GB); ``tiny`` keeps the layer mix at
-a size a CPU test serves in seconds.
+a size a CPU test serves in seconds; ``nano-state`` has nano's per-layer state in five blocks.
 
 The quantised blocks are random bytes tiled from one pool (a benchmark reads them, nobody learns from
 them), so the 33 GB file is written at disk speed. The text it produces is random words; sentence ends
@@ -53,6 +53,11 @@ SHAPES = {
     "nano": Shape(embd=2688, pattern="MEMEM*EMEMEM*EMEMEM*EMEMEM*EMEMEM*EMEMEMEM*EMEMEMEME", heads=32,
                   kv_heads=2, head_dim=128, mamba_heads=64, mamba_head_dim=64, state=128, groups=8,
                   experts=128, experts_used=6, expert_ff=1856, shared_ff=3712, vocab=131072),
+    # nano's Mamba-2 and attention widths in five blocks, with small experts and vocabulary: one
+    # sequence's state per Mamba layer as the real model's, in a file of 131 MiB
+    "nano-state": Shape(embd=2688, pattern="MEM*E", heads=32, kv_heads=2, head_dim=128, mamba_heads=64,
+                        mamba_head_dim=64, state=128, groups=8, experts=8, experts_used=2, expert_ff=64,
+                        shared_ff=64, vocab=4096),
     "tiny": Shape(embd=64, pattern="MEM*EME", heads=4, kv_heads=2, head_dim=16, mamba_heads=4,
                   mamba_head_dim=16, state=16, groups=2, experts=8, experts_used=2, expert_ff=64,
                   shared_ff=64, vocab=4096),

@@ -30,6 +30,12 @@ LLM_WEIGHTS_GIB = {"llamacpp-q8": 30.7, "llamacpp-q4": 18.2, "vllm": 55.9}
 # Context and compute buffers per 16k tokens of context, an estimate: the model is mostly Mamba
 # layers, whose state does not grow with the context; its few attention layers' KV cache does.
 LLM_CONTEXT_GIB_PER_16K = 3.0
+# Nemotron-3-Nano's Mamba state for one sequence, in float32 as llama.cpp keeps it: 23 Mamba-2
+# layers, each an SSM state of 128 x 4096 and a convolution state of 3 x 6144 (2.07 MiB a layer,
+# as llama-server reports its checkpoints: bench/results/llama-cpp-turns-cpu.md). llama-server
+# holds one per slot on the GPU, and up to llm.ctx_checkpoints copies per slot in host memory,
+# which on unified memory is the same memory.
+LLM_SLOT_STATE_MIB = 23 * (128 * 4096 + 3 * 6144) * 4 / 2**20
 # What unified memory must keep for the OS, page cache and the servers' own CPU memory.
 UNIFIED_MARGIN_GIB = 16.0
 DISCRETE_MARGIN_GIB = 2.0  # CUDA contexts and fragmentation on a GPU of its own
@@ -98,7 +104,7 @@ class Budget:
     def fix(self) -> str:
         return ("lower the capacities (--set asr.max_sessions=N --set asr.max_batch=N, "
                 "--set tts.max_batch=N), choose --mode llamacpp-q4, a smaller --set llm.ctx_size, "
-                "or run fewer services here")
+                "fewer --set llm.parallel slots or --set llm.ctx_checkpoints, or run fewer services here")
 
 
 def budget(options, total_gib: float, unified: bool) -> Budget:
@@ -116,12 +122,20 @@ def budget(options, total_gib: float, unified: bool) -> Budget:
         ctx = int(_setting(options, "llm", "ctx_size"))
         weights = LLM_WEIGHTS_GIB[options.mode]
         need = weights + LLM_CONTEXT_GIB_PER_16K * ctx / 16384
+        what = f"{options.mode}, {ctx} tokens of context"
         if options.mode == "vllm":
             # vLLM claims its share up front and fills it with KV cache: give it all the rest.
             rest = total_gib - sum(part.gib for part in parts) - margin
             utilization = math.floor(max(0.0, min(rest, 0.9 * total_gib)) / total_gib * 100) / 100
             need = max(need, utilization * total_gib)
-        parts.append(Part("LLM", f"{options.mode}, {ctx} tokens of context", need))
+        else:
+            slots = int(_setting(options, "llm", "parallel"))
+            checkpoints = int(_setting(options, "llm", "ctx_checkpoints")) if unified else 0
+            need += slots * (1 + checkpoints) * LLM_SLOT_STATE_MIB / 1024
+            what += f", {slots} slot{'s' if slots != 1 else ''}"
+            if checkpoints:
+                what += f" with {checkpoints} state checkpoints each"
+        parts.append(Part("LLM", what, need))
     return Budget(total_gib, unified, tuple(parts), margin, utilization)
 
 

@@ -27,6 +27,11 @@ class LLMConfig:
                             check=positive)
     parallel: int = setting(1, "concurrent sequences (llama.cpp --parallel, vLLM --max-num-seqs)",
                             check=positive)
+    ctx_checkpoints: int = setting(4, "llama.cpp: recurrent-state checkpoints kept per slot "
+                                   "(--ctx-checkpoints), so a turn whose history differs in the last reply "
+                                   "resumes from the last prompt; each holds the model's Mamba state (about "
+                                   "48 MiB for Nemotron-3-Nano) in host memory; 0: none",
+                                   check=lambda v: None if v >= 0 else "must be 0 or more")
     llama_server: str = setting("llama-server", "llama.cpp server binary")
     vllm_python: str = setting("", "Python that has vLLM installed (default: this one)")
     served_model_name: str = setting("nemotron", "model name clients use (vLLM --served-model-name, "

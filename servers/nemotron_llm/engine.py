@@ -24,7 +24,13 @@ def llamacpp(config: LLMConfig, model: str, key_file: Path | None = None) -> lis
             # delayed first tokens on the voice bench (bench/results/voice-h200-run2.md), and it holds
             # up to 8 GiB of host memory, which is GPU memory on a Spark. The bots keep each
             # conversation in its own slot, whose context stays on the GPU, so the copy buys nothing.
-            "--cache-ram", "0"]
+            "--cache-ram", "0",
+            # A hybrid model's Mamba state only continues from exactly the tokens it has seen; when a
+            # turn's history differs from them (a reply cut short by the user, a reply whose text
+            # tokenizes differently), llama-server resumes from a checkpoint of that state. A turn
+            # makes one or two; the next turn needs the last. llama.cpp keeps 32 per slot, in host
+            # memory (a Spark's GPU memory): 1.5 GiB a slot for Nemotron-3-Nano.
+            "--ctx-checkpoints", str(config.ctx_checkpoints)]
     if config.parallel > 1:
         # One KV buffer for every slot, each slot still held to its share of the context. With a
         # buffer per slot, llama.cpp puts only consecutively numbered slots of a hybrid (Mamba)

@@ -84,6 +84,43 @@ def test_bot_requests(llm):
         assert b"llamacpp:" in metrics.read()
 
 
+@pytest.fixture(scope="module")
+def hybrid_gguf(tmp_path_factory):
+    """Nemotron-3-Nano's layer mix (Mamba-2, attention, experts) at a tiny size."""
+    from random_models.llm import write as write_nemotron_h
+
+    return write_nemotron_h(tmp_path_factory.mktemp("hybrid") / "tiny-nemotron-h-moe-Q8_0.gguf", "tiny")
+
+
+@pytest.mark.parametrize("checkpoints", [2, 0])
+def test_a_turn_after_an_interrupted_reply_resumes_from_a_state_checkpoint(hybrid_gguf, checkpoints):
+    """A bot sends each turn as the conversation so far; after the user interrupts a reply, its
+    history keeps only what was spoken, so a hybrid model's Mamba state (at the end of the whole
+    reply) cannot continue. With the checkpoints this service keeps, llama-server resumes from one at
+    the end of the last prompt; with none, it processes the whole conversation again."""
+    proc = start(hybrid_gguf, "--ctx-checkpoints", str(checkpoints))
+    try:
+        history = "<|im_start|>system\nYou are a helpful voice assistant.<|im_end|>\n"
+        prompts, reused = [], []
+        for turn in range(3):
+            prompt = f"{history}<|im_start|>user\nhello, turn {turn}<|im_end|>\n<|im_start|>assistant\n"
+            body = {"prompt": prompt, "n_predict": 8, "id_slot": 0, "cache_prompt": True, "temperature": 0,
+                    "ignore_eos": True}
+            result = json.loads(post(proc, "/completion", body, timeout=120).read())
+            prompts.append(result["tokens_evaluated"])
+            reused.append(result["tokens_evaluated"] - result["timings"]["prompt_n"])
+            spoken = result["content"][:len(result["content"]) // 2]
+            history = f"{prompt}{spoken}<|im_end|>\n"
+    finally:
+        proc.terminate()
+    assert f"--ctx-checkpoints {checkpoints}" in proc.log()
+    if checkpoints:
+        # the last prompt but for the few tokens of its last batch, which follow the checkpoint
+        assert all(reused[t] >= prompts[t - 1] - 8 for t in (1, 2)), (prompts, reused)
+    else:
+        assert reused[1:] == [0, 0], reused
+
+
 def test_the_api_key_guards_everything_but_health(gguf, tmp_path):
     """The key reaches llama-server as a file (the systemd credential), never on its command line."""
     (tmp_path / "api-key").write_text("llm-k3y\n")

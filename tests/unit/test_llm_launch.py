@@ -16,7 +16,8 @@ def test_llamacpp_q8_command_line():
     joined = " ".join(argv)
     for part in ("--host 127.0.0.1", "--port 8000", "--n-gpu-layers 999", "--ctx-size 16384",
                  "--flash-attn on", "--parallel 1", "--metrics", "--alias nemotron",
-                 "--cache-ram 0"):  # no idle-slot copies into a host-RAM cache before each request
+                 "--cache-ram 0",  # no idle-slot copies into a host-RAM cache before each request
+                 "--ctx-checkpoints 4"):
         assert part in joined
     assert "--cache-type-k" not in joined
     assert "--kv-unified" not in joined  # one slot: nothing to share

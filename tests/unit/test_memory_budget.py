@@ -68,3 +68,23 @@ def test_a_stack_that_cannot_fit_is_refused_with_the_fix():
     assert "fix: lower the capacities" in result.output
     fits = CliRunner().invoke(main, ["--dry-run", "--for", "spark"])
     assert "fits" in fits.output and "would stop" not in fits.output
+
+
+def test_llama_cpp_slots_count_their_mamba_state_and_its_checkpoints_on_unified_memory():
+    """Each slot holds Nemotron-3-Nano's Mamba state on the GPU and up to llm.ctx_checkpoints copies
+    of it in host memory: the same memory on a Spark, not the GPU's on a discrete card."""
+    state_gib = memory.LLM_SLOT_STATE_MIB / 1024
+    assert memory.LLM_SLOT_STATE_MIB == pytest.approx(23 * 2.0703, rel=1e-3)  # as llama-server reports
+
+    def llm(unified: bool, **settings) -> float:
+        options = Options(mode="llamacpp-q8", extra_config={"llm": settings})
+        return memory.budget(options, 120.0, unified).share("LLM")
+
+    one = llm(True)  # the defaults: one slot, 4 checkpoints
+    assert llm(True, parallel=16) - one == pytest.approx(15 * 5 * state_gib)
+    assert llm(True, parallel=16, ctx_checkpoints=32) - one == pytest.approx((16 * 33 - 5) * state_gib)
+    assert llm(False, parallel=16) - llm(False) == pytest.approx(15 * state_gib)  # host RAM: not the GPU's
+    assert "16 slots with 4 state checkpoints each" in memory.budget(
+        Options(mode="llamacpp-q8", extra_config={"llm": {"parallel": 16}}), 120.0, True).describe()
+    # llama.cpp's own default, 32 checkpoints for each of 16 slots, is 24 GiB of a Spark
+    assert (16 * 33 - 5) * state_gib > 24
