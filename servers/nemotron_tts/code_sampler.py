@@ -13,7 +13,7 @@ from functools import partial
 
 import torch
 
-from .graphs import GraphPool, bucket_for, buckets_up_to
+from .graphs import GraphPool
 from .local_sampler import draw_top_k, forbidden_masks
 
 
@@ -25,7 +25,6 @@ class CodeSampler:
         device = model.final_proj.weight.device
         self.forbidden = forbidden_masks(model.codebook_size, model.num_all_tokens_per_codebook, device)
         self.pool = GraphPool()
-        self.max_batch: int | None = None  # set when the buckets are captured
 
     def install(self) -> None:
         self.model.sample_codes_from_logits = self
@@ -38,7 +37,7 @@ class CodeSampler:
                               forbid_audio_eos=forbid_audio_eos)
         flags = (temperature, topk, forbid_audio_eos)
         rows = all_code_logits_t.shape[0]
-        bucket = bucket_for(rows, self.max_batch)
+        bucket = self.pool.bucket(rows)
         if not self.use_graphs or all_code_logits_t.device.type != "cuda" or bucket is None:
             return self.sample(all_code_logits_t, *flags)
 
@@ -57,8 +56,7 @@ class CodeSampler:
         model = self.model
         width = model.num_all_tokens_per_codebook * model.num_audio_codebooks * model.frame_stacking_factor
         like = torch.zeros(1, width, device=self.forbidden[False].device)
-        self.max_batch = max_batch
-        for bucket in buckets_up_to(max_batch):
+        for bucket in self.pool.buckets(max_batch):
             for forbid_eos in (True, False):
                 flags = (temperature, topk, forbid_eos)
                 function = partial(self._sample_static, flags=flags)

@@ -26,7 +26,7 @@ from loguru import logger
 from torch.nn.utils import parametrize
 
 from .codec import Context, StreamDecoder, Window, decode_windows
-from .graphs import GraphPool, bucket_for, buckets_up_to
+from .graphs import GraphPool
 
 GRAPH_FRAMES = 8  # chunks of up to this many frames replay from graphs: every preset's chunk size
 
@@ -127,7 +127,6 @@ class CarriedStateCodec:
         self.graphs = GraphPool() if graphs and device.type == "cuda" else None
         self._inputs: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
         self._generation = self.states.generation
-        self.max_batch: int | None = None  # set when the buckets are captured
 
     def capture_all(self, max_batch: int) -> int:
         """Capture a chunk of 1..GRAPH_FRAMES frames for every batch bucket; returns the graph count.
@@ -135,8 +134,7 @@ class CarriedStateCodec:
         if self.graphs is None:
             return 0
         codebooks = self.codec_model.num_codebooks
-        self.max_batch = max_batch
-        for bucket in buckets_up_to(max_batch):
+        for bucket in self.graphs.buckets(max_batch):
             for frames in range(1, GRAPH_FRAMES + 1):
                 inputs = (torch.zeros(bucket, codebooks, frames, dtype=torch.long, device=self.device),
                           torch.zeros(bucket, dtype=torch.long, device=self.device),
@@ -163,7 +161,7 @@ class CarriedStateCodec:
     def _decode_group(self, codes: torch.Tensor, group: list[Window]) -> torch.Tensor:
         write = [window.slot for window in group]
         read = [0 if window.first else window.slot for window in group]
-        key = (bucket_for(len(group), self.max_batch), codes.shape[-1])
+        key = (self.graphs.bucket(len(group)) if self.graphs is not None else None, codes.shape[-1])
         if self._inputs and self._generation != self.states.generation:
             logger.warning(f"more streams than the {len(self._inputs)} codec graphs were captured for: "
                            "the codec runs eagerly from now on")

@@ -40,6 +40,17 @@ class GraphPool:
     def __init__(self) -> None:
         self._graphs: dict[tuple, tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]] = {}
         self._calls: dict[tuple, tuple[torch.cuda.CUDAGraph, object]] = {}
+        self.most_rows: int | None = None  # the batch the buckets were captured for (``buckets``)
+
+    def buckets(self, max_rows: int) -> list[int]:
+        """The buckets to capture for calls of at most ``max_rows`` rows, largest first; ``bucket``
+        pads later calls to these sizes."""
+        self.most_rows = max_rows
+        return buckets_up_to(max_rows)
+
+    def bucket(self, rows: int) -> int | None:
+        """The rows a call of ``rows`` is padded to (``bucket_for`` with the captured batch)."""
+        return bucket_for(rows, self.most_rows)
 
     def run(self, key: tuple, shape: tuple[int, ...], like: torch.Tensor,
             function: Callable[[torch.Tensor], torch.Tensor],

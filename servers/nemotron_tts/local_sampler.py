@@ -17,7 +17,7 @@ from functools import partial
 
 import torch
 
-from .graphs import GraphPool, bucket_for, buckets_up_to
+from .graphs import GraphPool
 
 
 def forbidden_masks(codebook_size: int, tokens: int, device: torch.device) -> dict[bool, torch.Tensor]:
@@ -48,7 +48,6 @@ class LocalSampler:
         weight = helper.local_transformer_out_projections[0].weight
         self.forbidden = forbidden_masks(helper.codebook_size, weight.shape[0], weight.device)
         self.pool = GraphPool()
-        self.max_batch: int | None = None  # set when the buckets are captured
 
     def install(self) -> None:
         self.helper.sample_autoregressive = self
@@ -63,7 +62,7 @@ class LocalSampler:
                               forbid_audio_eos=forbid_audio_eos, sanitize_logits=sanitize_logits)
         flags = (temperature, topk, use_cfg, cfg_scale, forbid_audio_eos)
         rows = dec_output.shape[0] // 2 if use_cfg else dec_output.shape[0]
-        bucket = bucket_for(rows, self.max_batch)
+        bucket = self.pool.bucket(rows)
         if not self.use_graphs or dec_output.device.type != "cuda" or bucket is None:
             return self.sample(dec_output, *flags)
 
@@ -86,8 +85,7 @@ class LocalSampler:
                     cfg_scale: float) -> int:
         """Capture every bucket up to ``max_batch`` now (warmup), rather than on a client's first frame."""
         like = torch.zeros(1, width, device=self.forbidden[False].device)
-        self.max_batch = max_batch
-        for bucket in buckets_up_to(max_batch):
+        for bucket in self.pool.buckets(max_batch):
             for forbid_eos in (True, False):  # NeMo forbids end-of-speech for the first frames
                 flags = (temperature, topk, use_cfg, cfg_scale, forbid_eos)
                 shape = ((2 * bucket if use_cfg else bucket), width)
