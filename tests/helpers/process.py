@@ -69,7 +69,7 @@ class NotifyListener:
         while True:
             try:
                 self.messages.append((time.monotonic(), self.sock.recv(65536).decode("latin-1")))
-            except (BlockingIOError, OSError):
+            except OSError:  # none left (BlockingIOError)
                 break
         self.sock.close()
 
