@@ -8,9 +8,10 @@
 #   bash bench/device_run.sh tts-probes asr-profile
 # Parts: asr (eager and graphs, 1-512 streams), asr-graphs (graphs, 1-512 streams), asr-baseline
 # (the same with the servers in $BASELINE_SERVERS), tts-cfg and tts-baseline (CFG, 1/16/64 streams,
-# 3 rounds, this checkout's servers and $BASELINE_SERVERS'), asr-spread (graphs, starts spread over one 160 ms
-# chunk), tts (CFG and no CFG, 1/16/64 streams, 3 rounds), tts-process (CFG, the engine in a thread
-# and in a process, 1-128 streams),
+# 3 rounds, this checkout's servers and $BASELINE_SERVERS'), tts-staggered (16 and 64 clients
+# starting over 2 s: fixed batches, continuous batching, continuous joining at once), asr-spread
+# (graphs, starts spread over one 160 ms chunk), tts (CFG and no CFG, 1/16/64 streams, 3 rounds),
+# tts-process (CFG, the engine in a thread and in a process, 1-128 streams),
 # tts-codec (codec call: carried states, eager and graphs, against windowed), tts-codec-served
 # (served with carried states against windowed, CFG),
 # tts-probes (first audio in process, continuous-batching costs), asr-profile (512-stream step),
@@ -58,6 +59,9 @@ for part in "$@"; do
         tts-baseline) timeout 250 python bench/tts_bench.py --model /tmp/tts-real.nemo --configs cfg \
                           --streams "${TTS_STREAMS:-1,16,64}" --repeats 3 --servers "${BASELINE_SERVERS:?the baseline servers directory}" \
                           --out "$(fresh tts-baseline)" 2>&1 | grep -v '^{' | tail -6 ;;
+        tts-staggered) timeout 400 python bench/tts_bench.py --model /tmp/tts-real.nemo \
+                           --configs cfg,cfg-continuous,cfg-continuous-join-now --streams 16,64 --stagger-ms 2000 \
+                           --repeats 2 --out "$(fresh tts-staggered)" 2>&1 | grep -v '^{' | tail -8 ;;
         tts-process) timeout 400 python bench/tts_bench.py --model /tmp/tts-real.nemo --configs cfg,cfg-process \
                          --streams 1,16,64,128 --repeats 3 --out "$(fresh tts-process)" 2>&1 | grep -v '^{' | tail -12 ;;
         tts-codec) python bench/probes/tts_codec_profile.py /tmp/tts-real.nemo > "$results/tts_codec.txt" 2>&1

@@ -18,6 +18,7 @@ import statistics
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import click
@@ -34,6 +35,8 @@ CONFIGS = {"cfg": ["--cfg"], "no-cfg": ["--no-cfg"],
            "cfg-nemo-step": ["--cfg", "--no-static-decoder"],
            "no-cfg-nemo-step": ["--no-cfg", "--no-static-decoder"],
            "cfg-continuous": ["--cfg", "--continuous-batching"],
+           # joiners taken at the next step, whatever the playing streams have buffered
+           "cfg-continuous-join-now": ["--cfg", "--continuous-batching", "--join-wait-ms", "0"],
            # each streamed chunk re-decodes the codec's receptive field instead of carrying its states
            "cfg-windowed-codec": ["--cfg", "--no-carried-codec"],
            "no-cfg-continuous": ["--no-cfg", "--continuous-batching"],
@@ -43,6 +46,11 @@ CONFIGS = {"cfg": ["--cfg"], "no-cfg": ["--no-cfg"],
            # the prompt through NeMo 32 or 64 decoder rows at a time (16 or 32 segments with CFG)
            "cfg-prefill-32": ["--cfg", "--prefill-rows", "32"],
            "cfg-prefill-64": ["--cfg", "--prefill-rows", "64"],
+           "cfg-prefill-128": ["--cfg", "--prefill-rows", "128"],
+           "cfg-prefill-whole": ["--cfg", "--prefill-rows", "0"],
+           "cfg-process-prefill-128": ["--cfg", "--engine-host", "process", "--prefill-rows", "128"],
+           "cfg-process-prefill-128-gather-10": ["--cfg", "--engine-host", "process", "--prefill-rows", "128",
+                                                 "--gather-ms", "10"],
            # the static decoder's keys and values in float16 (the default on CUDA) or the model's type
            "cfg-kv16": ["--cfg", "--kv-cache-dtype", "float16"],
            "cfg-kv-model": ["--cfg", "--kv-cache-dtype", "model"]}
@@ -103,6 +111,34 @@ async def _level(url: str, streams: int, preset: str, sample_rate: int, repeats:
             "rounds": rounds}
 
 
+def _server_totals(port: int) -> dict[str, float]:
+    """The server's own first-audio and queue-wait histograms' sums and counts (``GET /metrics``)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    totals: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            websocket = sample.labels.get("endpoint") in (None, "websocket")
+            if websocket and sample.name.endswith(("_sum", "_count")):
+                totals[sample.name] = totals.get(sample.name, 0.0) + sample.value
+    return totals
+
+
+def _server_means(before: dict[str, float], after: dict[str, float]) -> dict[str, float | None]:
+    """Mean milliseconds, as the server saw them, over one level: from a text's arrival to its first
+    audio being sent, and to its generation's start. The rest of the client's figure is the client's
+    and the loopback's."""
+    means: dict[str, float | None] = {}
+    for name in ("first_audio_seconds", "queue_wait_seconds"):
+        key = f"nemotron_tts_{name}"
+        total, count = (after.get(f"{key}_{kind}", 0.0) - before.get(f"{key}_{kind}", 0.0)
+                        for kind in ("sum", "count"))
+        means[name.replace("_seconds", "_mean_ms")] = round(total / count * 1000, 1) if count else None
+    return means
+
+
 @click.command()
 @click.option("--model", "model_path", type=click.Path(exists=True, path_type=Path), required=True)
 @click.option("--configs", default="cfg,no-cfg", show_default=True)
@@ -135,7 +171,9 @@ def main(model_path, configs, streams, preset, max_frames, repeats, out, port, s
             print(f"{name}: server ready after {ready_s:.0f} s", flush=True)
             levels = []
             for count in counts:
+                before = _server_totals(port)
                 result = asyncio.run(_level(url, count, preset, 22050, repeats, stagger_ms / 1000))
+                result["server"] = _server_means(before, _server_totals(port))
                 print(f"{name}: {json.dumps(result)}", flush=True)
                 levels.append(result)
             report["runs"][name] = levels
@@ -147,13 +185,14 @@ def main(model_path, configs, streams, preset, max_frames, repeats, out, port, s
     lines = [f"TTS stream mode ({preset}), {report['device']}, random weights, "
              f"{max_frames} frames per utterance{spread}",
              "| config | streams | first audio p50 ms | p95 ms | RTF (wall/audio) "
-             "| real-time streams | errors |",
-             "|---|---|---|---|---|---|---|"]
+             "| real-time streams | errors | server: first audio / queue wait, mean ms |",
+             "|---|---|---|---|---|---|---|---|"]
     for name, levels in report["runs"].items():
         for r in levels:
             lines.append(f"| {name} | {r['streams']} | {r['first_audio_p50_ms']} | "
                          f"{r['first_audio_p95_ms']} | {r['rtf_mean']} | {r['realtime_streams']} | "
-                         f"{r['errors']} |")
+                         f"{r['errors']} | {r['server']['first_audio_mean_ms']} / "
+                         f"{r['server']['queue_wait_mean_ms']} |")
     (out / "tts_bench.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
