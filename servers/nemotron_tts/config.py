@@ -51,6 +51,10 @@ class TTSConfig:
                                 "(0 = the whole batch): fewer, less memory at a large max_batch and "
                                 "later first audio when more segments start together",
                                 check=lambda v: None if v >= 0 else "must be 0 or more")
+    join_wait_ms: float = setting(500.0, "with continuous batching, a segment waits up to this long to join "
+                                  "the running batch until every stream playing has audio enough "
+                                  "buffered to absorb its prompt pass (0 = join at the next step)",
+                                  check=lambda v: None if v >= 0 else "must be 0 or more")
     gather_ms: float = setting(5.0, "an idle engine gathers a burst of segments in steps of this long "
                                     "(a lone segment waits a fifth of it)")
     max_sessions: int = setting(64, "concurrent WebSocket clients; more are refused with 503", check=positive)

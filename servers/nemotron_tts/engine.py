@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 import torch
 from loguru import logger
 
+from .admission import Admission, Playing
 from .audio import duration_ms, to_pcm16
 from .codec import StreamDecoder
 from .codec_states import GRAPH_FRAMES
@@ -68,7 +69,7 @@ class _LongText:
 
 class Engine:
     def __init__(self, model: SpeechModel, max_batch: int, seed: int = 0, gather_s: float = 0.005,
-                 continuous: bool = False) -> None:
+                 continuous: bool = False, join_wait_s: float = 0.5) -> None:
         self.model = model
         self.max_batch = max_batch
         self.seed = seed
@@ -87,6 +88,7 @@ class Engine:
         self.cancelled = 0  # jobs stopped early by their client (or by shutdown)
         self.metrics = None  # a TTSMetrics, told when jobs start and how large each batch is
         self.continuous = None
+        self.admission = Admission(join_wait_s)
         self._long: _LongText | None = None  # fixed batches only
         if continuous and model.static is not None:
             from .continuous import ContinuousBatch
@@ -206,11 +208,12 @@ class Engine:
     def _run_continuous(self) -> None:
         """Join waiting jobs before each decoder step; a long multi-chunk text runs alone when the
         batch is empty. Only an idle engine gathers a burst first; while a batch runs, a job that
-        arrives joins at the next step."""
+        arrives joins at the next step that the streams playing can afford (``admission``)."""
         batch = self.continuous
         running: list[_Running] = []
         while not self._stop:
-            joining = self._next_batch(batch.capacity - len(batch), alone_ok=not running)
+            room = batch.capacity - len(batch) if self._may_join(running) else 0
+            joining = self._next_batch(room, alone_ok=not running)
             if joining and len(joining[0].chunks) > 1:
                 self._generate(joining)
                 continue
@@ -227,9 +230,12 @@ class Engine:
                 if new:
                     if self.seed and not running:
                         torch.manual_seed(self.seed)
+                    started = time.monotonic()
                     batch.admit([r.utterance() for r in new])
                     running += new
                     running = self._flush(running, [r for r in running if r.ended])  # first audio now
+                    self.admission.join.add(time.monotonic() - started)
+                started = time.monotonic()
                 if running:
                     batch.step()
             except Exception as exc:  # noqa: BLE001 - a failing step fails its jobs, not the service
@@ -239,8 +245,21 @@ class Engine:
                 continue
             self._count_batch(len(batch))
             running = self._flush(running, [r for r in running if r.ended or r.job.cancelled.is_set()])
+            self.admission.step.add(time.monotonic() - started)
             if not running:
                 batch.clear()  # cancelled items still in it would hold rows until the next step
+
+    def _may_join(self, running: list[_Running]) -> bool:
+        """Whether waiting jobs may join the running batch before its next step."""
+        with self._lock:
+            oldest = self._jobs[0].arrived if self._jobs else None
+        if oldest is None or not running:
+            return True
+        now = time.monotonic()
+        playing = [Playing(r.job.first_audio_at + duration_ms(r.job.sent_bytes, self.model.sample_rate) / 1000
+                           - now, max(r.due - r.decoder.ready(), 1))
+                   for r in running if r.job.preset and r.job.first_audio_at is not None]
+        return self.admission.allows(playing, now - oldest)
 
     def _generate(self, batch: list[Job]) -> None:
         self.busy, self.heartbeat = True, time.monotonic()
@@ -369,6 +388,8 @@ class Engine:
 
     @staticmethod
     def _send(job: Job, pcm: bytes) -> None:
+        if job.first_audio_at is None:
+            job.first_audio_at = time.monotonic()
         job.sent_bytes += len(pcm)
         job.on_audio(pcm)
 

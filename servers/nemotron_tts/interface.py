@@ -45,3 +45,4 @@ class Job:
     cancelled: threading.Event = field(default_factory=threading.Event)
     sent_bytes: int = 0
     arrived: float = field(default_factory=time.monotonic)  # when its text came in
+    first_audio_at: float | None = None  # when its first audio was sent: its client's playback starts

@@ -1,6 +1,7 @@
 """The TTS model wrapper against NeMo itself: same codes as do_tts, exact seams, prompt cancel."""
 
 import threading
+import time
 
 import pytest
 import torch
@@ -752,3 +753,56 @@ def test_shared_causal_masks_leave_nemos_decoder_unchanged(tiny_tts_model):
     shared = [layer.self_attention.causal_mask for layer in decoder.layers]
     assert all(m is shared[0] for m in shared) and shared[0].dtype == torch.bool
     assert torch.equal(run(), before)
+
+
+@pytest.mark.parametrize("join_wait_s", [5.0, 0.0], ids=["waits-for-buffer", "joins-at-once"])
+def test_a_joining_segment_waits_until_the_playing_stream_can_absorb_its_prompt(tiny_tts_model,
+                                                                               join_wait_s):
+    """Continuous batching: a segment arriving just after another's first audio joins only once that
+    stream has buffered more audio than the join costs, so its client hears no gap. The prompt pass is
+    made to cost 300 ms (a real one on a large batch costs tens of ms; the tiny model's, one or two);
+    the first stream starts with one frame, 46 ms, of audio. Joined at once (join_wait 0, what the
+    engine did before), the stream is late by most of the 300 ms."""
+    from nemotron_tts.engine import Engine, Job
+
+    model = SpeechModel(tiny_tts_model, "cpu", use_cfg=False, max_frames=40)
+    engine = Engine(model, max_batch=4, seed=1, continuous=True, join_wait_s=join_wait_s)
+    real_admit = engine.continuous.admit
+
+    def slow_admit(utterances):
+        real_admit(utterances)
+        time.sleep(0.3)
+
+    engine.continuous.admit = slow_admit
+    arrivals, done, finished = {}, {}, threading.Event()
+
+    def job(name, text):
+        def on_audio(pcm):
+            arrivals.setdefault(name, []).append((time.monotonic(), len(pcm)))
+            if name == "playing" and len(arrivals[name]) == 1:
+                engine.submit(joiner)  # from the engine thread, right after the first chunk is out
+
+        def on_done(ms, error):
+            done[name] = error
+            if len(done) == 2:
+                finished.set()
+        return Job(model.tokenize(text, "en"), 0, client=object(), on_done=on_done, on_audio=on_audio,
+                   preset=PRESETS["aggressive"])
+
+    joiner = job("joiner", "Short one.")
+    engine.submit(job("playing", TEXT))
+    engine.start()
+    try:
+        assert finished.wait(300)
+    finally:
+        engine.stop()
+    assert done == {"playing": None, "joiner": None}
+    first, played, late = arrivals["playing"][0][0], 0.0, 0.0
+    for arrived, size in arrivals["playing"]:
+        late = max(late, arrived - (first + played))
+        played += size / 2 / model.sample_rate
+    assert played > 0.6  # enough speech to buffer 300 ms at the tiny model's speed
+    if join_wait_s:
+        assert late < 0.1, f"the playing stream's client waited {late * 1000:.0f} ms for audio"
+    else:
+        assert late > 0.2
