@@ -6,7 +6,8 @@ one fixed batch through NeMo's loop. A long text of several sentence chunks, whi
 with history carried from chunk to chunk, runs alone a chunk at a time, and the jobs that wait get a
 batch between its chunks. With ``continuous`` (and the static decoder step) waiting jobs join the
 running batch before every decoder step, up to ``max_batch``, and leave it at their own last frame;
-a long text still runs alone there, all its chunks at once. Frames are decoded to audio as they
+a long text runs a chunk at a time there too, while the batch is empty, and the batch that the jobs
+waiting form between two chunks takes no one else until it ends. Frames are decoded to audio as they
 arrive: a ``stream`` job sends a chunk as soon as its preset's frame count is ready, a ``batch`` job
 holds its chunks and sends its audio whole when its last frame is made, and every job completes
 (``segment_complete``) at its own last frame.
@@ -206,16 +207,24 @@ class Engine:
             time.sleep(self.gather_s)
 
     def _run_continuous(self) -> None:
-        """Join waiting jobs before each decoder step; a long multi-chunk text runs alone when the
-        batch is empty. Only an idle engine gathers a burst first; while a batch runs, a job that
-        arrives joins at the next step that the streams playing can afford (``admission``)."""
+        """Join waiting jobs before each decoder step; a long multi-chunk text runs a chunk at a time
+        while the batch is empty, and the jobs that wait join a batch between its chunks, which then
+        takes no one else until it is empty (as with fixed batches). Only an idle engine gathers a
+        burst first; while a batch runs, a job that arrives joins at the next step that the streams
+        playing can afford (``admission``)."""
         batch = self.continuous
         running: list[_Running] = []
         while not self._stop:
-            room = batch.capacity - len(batch) if self._may_join(running) else 0
-            joining = self._next_batch(room, alone_ok=not running)
+            long = self._long is not None  # between two chunks, holding a codec slot
+            room = batch.capacity - len(batch) - long if self._may_join(running) else 0
+            if long and running:
+                room = 0  # the batch between two chunks takes no one else: the long text goes on
+            joining = self._next_batch(room, alone_ok=not running and not long)
             if joining and len(joining[0].chunks) > 1:
-                self._generate(joining)
+                self._start_long(joining[0])
+                continue
+            if not joining and not running and long:
+                self._next_chunk(self._long)
                 continue
             if not joining and not running:
                 self.busy = False

@@ -698,16 +698,20 @@ def _engine_run(engine, model, texts, until=None):
     return done, {name: b"".join(pieces) for name, pieces in audio.items()}
 
 
-def test_a_long_text_runs_a_chunk_at_a_time_and_waiting_jobs_get_batches_between(tiny_tts_model):
-    """Fixed batches: a text of several sentence chunks no longer holds the engine to its end (one
-    client's long text stalled every other client for all of it). A segment that came after it
-    finishes first; the long text's audio is what it is alone, since each chunk is seeded."""
+@pytest.mark.parametrize("continuous", [False, True], ids=["fixed", "continuous"])
+def test_a_long_text_runs_a_chunk_at_a_time_and_waiting_jobs_get_batches_between(tiny_tts_model,
+                                                                                 continuous):
+    """A text of several sentence chunks no longer holds the engine to its end (one client's long
+    text stalled every other client for all of it), with fixed batches or continuous batching. A
+    segment that came after it finishes first; the long text's audio is what it is alone, since each
+    chunk is seeded."""
     from nemotron_tts.engine import Engine
 
     model = SpeechModel(tiny_tts_model, "cpu", use_cfg=False)
     assert len(model.tokenize(LONG_TEXT, "en")) == 4
-    _, alone = _engine_run(Engine(model, max_batch=4, seed=1), model, {"long": LONG_TEXT})
-    done, audio = _engine_run(Engine(model, max_batch=4, seed=1), model,
+    _, alone = _engine_run(Engine(model, max_batch=4, seed=1, continuous=continuous), model,
+                           {"long": LONG_TEXT})
+    done, audio = _engine_run(Engine(model, max_batch=4, seed=1, continuous=continuous), model,
                               {"long": LONG_TEXT, "short": "Short one."})
     assert list(done) == ["short", "long"]
     for name, (ms, error) in done.items():

@@ -354,11 +354,9 @@ def test_an_over_long_text_is_refused_and_fails_no_other_client(server):
 
 
 def test_a_long_text_does_not_hold_other_clients_until_its_end(server):
-    """One client's paragraph (several sentence chunks) runs a chunk at a time in fixed batches:
-    another client's sentence, sent once the paragraph's first audio is out, is spoken before the
-    paragraph ends (an engine that ran the paragraph whole spoke it after)."""
-    if server.health()[1]["engine"]["continuous"]:
-        pytest.skip("continuous batching still runs a long text whole")
+    """One client's paragraph (several sentence chunks) runs a chunk at a time: another client's
+    sentence, sent once the paragraph's first audio is out, is spoken before the paragraph ends (an
+    engine that ran the paragraph whole spoke it after)."""
     paragraph = " ".join(f"Sentence number {i} of a long reply." for i in range(8))
     first_audio = threading.Event()
 
