@@ -90,7 +90,7 @@ class Engine:
         self.metrics = None  # a TTSMetrics, told when jobs start and how large each batch is
         self.continuous = None
         self.admission = Admission(join_wait_s)
-        self._long: _LongText | None = None  # fixed batches only
+        self._long: _LongText | None = None  # a long text between two of its chunks
         if continuous and model.static is not None:
             from .continuous import ContinuousBatch
 
@@ -216,9 +216,10 @@ class Engine:
         running: list[_Running] = []
         while not self._stop:
             long = self._long is not None  # between two chunks, holding a codec slot
-            room = batch.capacity - len(batch) - long if self._may_join(running) else 0
             if long and running:
                 room = 0  # the batch between two chunks takes no one else: the long text goes on
+            else:
+                room = batch.capacity - len(batch) - long if self._may_join(running) else 0
             joining = self._next_batch(room, alone_ok=not running and not long)
             if joining and len(joining[0].chunks) > 1:
                 self._start_long(joining[0])
