@@ -9,12 +9,13 @@
 # Parts: asr (eager and graphs, 1-512 streams), asr-graphs (graphs, 1-512 streams), asr-baseline
 # (the same with the servers in $BASELINE_SERVERS), tts-cfg and tts-baseline (CFG, 1/16/64 streams,
 # 3 rounds, this checkout's servers and $BASELINE_SERVERS'), tts-staggered (16 and 64 clients
-# starting over 2 s: fixed batches, continuous batching, continuous joining at once), asr-spread
+# starting over 2 s: fixed batches, continuous batching, continuous joining at once, or $STAGGERED_CONFIGS), asr-spread
 # (graphs, starts spread over one 160 ms chunk), tts (CFG and no CFG, 1/16/64 streams, 3 rounds),
 # tts-process (CFG, the engine in a thread and in a process, 1-128 streams),
 # tts-codec (codec call: carried states, eager and graphs, against windowed), tts-codec-served
 # (served with carried states against windowed, CFG),
-# tts-probes (first audio in process, continuous-batching costs), asr-profile (512-stream step),
+# tts-probes (first audio in process, continuous-batching costs), tts-batch-first-audio (a batch's
+# first audio in process, phase by phase, and the host profile at 128; prefill $PREFILL_ROWS or 128), asr-profile (512-stream step),
 # memory-asr, memory-tts (GPU memory and start time per configured capacity), tts-peak (what is
 # alive at TTS's memory peak, by allocating code; batch $MEMORY_TTS or 64), asr-invariance (one
 # clip as 1-256 identical streams: does the transcript depend on the batch size, float32 and bf16, or
@@ -24,7 +25,8 @@
 # ASR_STREAMS, TTS_STREAMS, MEMORY_ASR and MEMORY_TTS (comma-separated) replace the levels of
 # asr-graphs and asr-baseline, tts-cfg and tts-baseline, memory-asr and memory-tts; ASR_INSTANCES
 # runs asr-graphs on that many servers sharing the streams (several engine processes on one GPU);
-# ASR_REPEATS runs each level of asr-graphs and asr-baseline that many rounds. DEVICE_MODELS names
+# ASR_REPEATS runs each level of asr-graphs and asr-baseline that many rounds, TTS_REPEATS each of
+# tts-cfg; TTS_CONFIGS names tts-cfg's configurations. DEVICE_MODELS names
 # the models to build first (device_setup.sh's shapes; both by default), so that a call of TTS parts
 # only need not spend a minute calibrating the ASR model.
 set -uo pipefail
@@ -54,13 +56,14 @@ for part in "$@"; do
                         --streams 256,512 --spread-ms 160 --out "$(fresh asr-spread)" 2>&1 | tail -5 ;;
         tts) timeout 300 python bench/tts_bench.py --model /tmp/tts-real.nemo --configs cfg,no-cfg \
                  --streams 1,16,64 --repeats 3 --out "$(fresh tts)" 2>&1 | grep -v '^{' | tail -10 ;;
-        tts-cfg) timeout 250 python bench/tts_bench.py --model /tmp/tts-real.nemo --configs cfg \
-                     --streams "${TTS_STREAMS:-1,16,64}" --repeats 3 --out "$(fresh tts-cfg)" 2>&1 | grep -v '^{' | tail -6 ;;
+        tts-cfg) timeout 250 python bench/tts_bench.py --model /tmp/tts-real.nemo --configs "${TTS_CONFIGS:-cfg}" \
+                     --streams "${TTS_STREAMS:-1,16,64}" --repeats "${TTS_REPEATS:-3}" --out "$(fresh tts-cfg)" 2>&1 |
+                     grep -v '^{' | tail -8 ;;
         tts-baseline) timeout 250 python bench/tts_bench.py --model /tmp/tts-real.nemo --configs cfg \
                           --streams "${TTS_STREAMS:-1,16,64}" --repeats 3 --servers "${BASELINE_SERVERS:?the baseline servers directory}" \
                           --out "$(fresh tts-baseline)" 2>&1 | grep -v '^{' | tail -6 ;;
         tts-staggered) timeout 400 python bench/tts_bench.py --model /tmp/tts-real.nemo \
-                           --configs cfg,cfg-continuous,cfg-continuous-join-now --streams 16,64 --stagger-ms 2000 \
+                           --configs "${STAGGERED_CONFIGS:-cfg,cfg-continuous,cfg-continuous-join-now}" --streams 16,64 --stagger-ms 2000 \
                            --repeats 2 --out "$(fresh tts-staggered)" 2>&1 | grep -v '^{' | tail -8 ;;
         tts-process) timeout 400 python bench/tts_bench.py --model /tmp/tts-real.nemo --configs cfg,cfg-process \
                          --streams 1,16,64,128 --repeats 3 --out "$(fresh tts-process)" 2>&1 | grep -v '^{' | tail -12 ;;
@@ -69,6 +72,11 @@ for part in "$@"; do
         tts-codec-served) timeout 300 python bench/tts_bench.py --model /tmp/tts-real.nemo \
                               --configs cfg,cfg-windowed-codec --streams 1,16,64 --repeats 3 \
                               --out "$(fresh tts-codec)" 2>&1 | grep -v '^{' | tail -10 ;;
+        tts-batch-first-audio)
+            timeout 300 python bench/probes/tts_batch_first_audio.py /tmp/tts-real.nemo --batches 1,16,64,128 \
+                --prefill-rows "${PREFILL_ROWS:-128}" ${PROBE_ARGS:-} >> "$results/tts_batch_first_audio.txt" 2>&1
+            grep '^{' "$results/tts_batch_first_audio.txt"
+            grep -A24 'by tottime' "$results/tts_batch_first_audio.txt" | cut -c1-150 ;;
         tts-probes)
             python bench/probes/tts_first_audio.py /tmp/tts-real.nemo 2>&1 | tee "$results/tts_first_audio.txt" |
                 grep '^{'

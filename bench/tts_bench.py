@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 from serving import device_name, server_env, wait_ready  # noqa: E402 - bench/ is not a package
 
 TEXT = "Hello there, this is a short reply from the voice agent, spoken as soon as possible."
-CONFIGS = {"cfg": ["--cfg"], "no-cfg": ["--no-cfg"],
+CONFIGS = {"cfg": ["--cfg"], "no-cfg": ["--no-cfg"], "cfg-no-tf32": ["--cfg", "--no-tf32"],
            # NeMo's own cached decoder step instead of the graph-captured one, for comparison
            "cfg-nemo-step": ["--cfg", "--no-static-decoder"],
            "no-cfg-nemo-step": ["--no-cfg", "--no-static-decoder"],

@@ -43,7 +43,7 @@ def load_engine(config: TTSConfig, model_path: Path, codec_path: Path | None, pr
                         max_frames=config.max_frames, codec=codec_path, cuda_graphs=config.cuda_graphs,
                         max_batch=config.max_batch, static_decoder=config.static_decoder,
                         carried_codec=config.carried_codec, prefill_rows=config.prefill_rows,
-                        kv_cache_dtype=config.kv_cache_dtype)
+                        kv_cache_dtype=config.kv_cache_dtype, tf32=config.tf32)
     if model.speakers < len(config.voice_names):
         raise ValueError(f"the model has {model.speakers} baked speakers but voices names "
                          f"{len(config.voice_names)}")

@@ -86,7 +86,7 @@ class SpeechModel:
     def __init__(self, path: Path, device: str = "auto", use_cfg: bool = True, kv_cache: bool = True,
                  max_frames: int = 0, codec: Path | None = None, cuda_graphs: bool = True,
                  max_batch: int = 16, static_decoder: bool = True, carried_codec: bool = True,
-                 prefill_rows: int = 64, kv_cache_dtype: str = "auto") -> None:
+                 prefill_rows: int = 64, kv_cache_dtype: str = "auto", tf32: bool = True) -> None:
         from nemo.collections.tts.models import MagpieTTSModel
         from nemotron_common import nemo_fixes
         from nemotron_common.logs import adopt
@@ -94,6 +94,12 @@ class SpeechModel:
         adopt("nemo_logger")  # NeMo logs every 30th decoder step and each end of speech at INFO
         nemo_fixes.apply()
         self.device = pick_device(device)
+        if self.device.type == "cuda":
+            # Magpie runs in float32: without TF32 every product of its decoder (the prompt pass above
+            # all, proportional to the batch) runs on the GPU's slow float32 path. Set before any
+            # graph is captured, since a graph keeps the kernels chosen then. cuDNN's convolutions
+            # (the codec) use TF32 by PyTorch's default already.
+            torch.backends.cuda.matmul.allow_tf32 = tf32
         override = None
         if codec is not None:
             override = MagpieTTSModel.restore_from(str(path), return_config=True)
