@@ -54,6 +54,10 @@ CONFIGS = {"cfg": ["--cfg"], "no-cfg": ["--no-cfg"], "cfg-no-tf32": ["--cfg", "-
            # the static decoder's keys and values in float16 (the default on CUDA) or the model's type
            "cfg-kv16": ["--cfg", "--kv-cache-dtype", "float16"],
            "cfg-kv-model": ["--cfg", "--kv-cache-dtype", "model"]}
+# Configurations without "continuous" in their names run fixed batches, as they did before continuous
+# batching became the server's default, so that a name means the same in every result.
+CONFIGS = {name: flags if "--continuous-batching" in flags else [*flags, "--no-continuous-batching"]
+           for name, flags in CONFIGS.items()}
 
 
 async def _one_stream(url: str, preset: str, sample_rate: int, delay_s: float = 0.0) -> dict:

@@ -39,8 +39,11 @@ class TTSConfig:
                                   "in it, softmax and the rest in the model's type), bfloat16, or auto "
                                   "(float16 on CUDA, model on the CPU)",
                                   choices=("auto", "model", "float16", "bfloat16"))
-    continuous_batching: bool = setting(False, "segments join the running batch at any decoder step "
-                                        "(needs static_decoder; measured slower on an H200 so far)")
+    continuous_batching: bool = setting(True, "segments join the running batch between decoder steps, "
+                                        "once the streams playing have audio enough buffered (see "
+                                        "join_wait_ms); off: fixed batches, a segment arriving while one "
+                                        "runs waits for all of it. Needs static_decoder (without it: "
+                                        "fixed batches)")
     carried_codec: bool = setting(True, "streamed chunks decode only their new frames, carrying the codec's "
                                   "convolution states (a causal HiFi-GAN codec); off: each chunk re-decodes "
                                   "its receptive field")
