@@ -26,11 +26,10 @@ SAMPLES_PER_FRAME = 1024
 @pytest.fixture(scope="module", params=["fixed", "continuous", "process"])
 def server(tiny_tts_model, request):
     """The whole contract is checked with fixed batches, with continuous batching (the default), and
-    with the engine in a process of its own (fixed batches, their prompts a CFG pair of rows at a
-    time)."""
+    with the engine in a process of its own (default batching, joiners' prompts a CFG pair of rows
+    at a time)."""
     mode = {"fixed": ["--no-continuous-batching"], "continuous": [],
-            "process": ["--no-continuous-batching", "--engine-host", "process", "--prefill-rows", "2"]
-            }[request.param]
+            "process": ["--engine-host", "process", "--prefill-rows", "2"]}[request.param]
     proc = ServerProcess("nemotron_tts", ["--model", str(tiny_tts_model), "--device", "cpu", *mode,
                                           "--seed", str(SEED), "--max-sessions", "6", "--max-batch", "8",
                                           "--idle-timeout", "2", "--cpu-threads", "1"],
