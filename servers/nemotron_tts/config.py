@@ -29,8 +29,9 @@ class TTSConfig:
                                      "graphs (CUDA only)")
     kv_cache: bool = setting(True, "reuse the decoder's attention keys and values across steps")
     tf32: bool = setting(True, "float32 matrix products on a GPU's tensor cores in TF32 (inputs rounded to "
-                         "float16's 10-bit mantissa, sums in float32; several times faster for Magpie's "
-                         "float32 decoder); off: full float32 products, NeMo's numerics")
+                         "float16's 10-bit mantissa, sums in float32), as Magpie's float32 decoder is "
+                         "otherwise computed on the GPU's slow float32 path; off: NeMo's full float32 "
+                         "numerics")
     static_decoder: bool = setting(True, "decoder steps on fixed-size caches (graph-captured on CUDA) "
                                    "instead of NeMo's growing ones; needs kv_cache")
     kv_cache_dtype: str = setting("auto", "type the static decoder keeps attention keys and values in: "
