@@ -58,6 +58,7 @@ CONFIGS = {"cfg": ["--cfg"], "no-cfg": ["--no-cfg"], "cfg-no-tf32": ["--cfg", "-
 # batching became the server's default, so that a name means the same in every result.
 CONFIGS = {name: flags if "--continuous-batching" in flags else [*flags, "--no-continuous-batching"]
            for name, flags in CONFIGS.items()}
+CONFIGS["default"] = []  # whatever the server does by default: what a user gets today
 
 
 async def _one_stream(url: str, preset: str, sample_rate: int, delay_s: float = 0.0) -> dict:
