@@ -9,13 +9,14 @@
 # Parts: asr (eager and graphs, 1-512 streams), asr-graphs (graphs, 1-512 streams), asr-baseline
 # (the same with the servers in $BASELINE_SERVERS), tts-cfg and tts-baseline (CFG, 1/16/64 streams,
 # 3 rounds, this checkout's servers and $BASELINE_SERVERS'), tts-staggered (16 and 64 clients
-# starting over 2 s: fixed batches, continuous batching, continuous joining at once, or $STAGGERED_CONFIGS), asr-spread
-# (graphs, starts spread over one 160 ms chunk), tts (CFG and no CFG, 1/16/64 streams, 3 rounds),
-# tts-process (CFG, the engine in a thread and in a process, 1-128 streams),
+# starting over 2 s: fixed batches, continuous batching, continuous joining at once, or
+# $STAGGERED_CONFIGS), asr-spread (graphs, starts spread over one 160 ms chunk), tts (CFG and no CFG,
+# 1/16/64 streams, 3 rounds), tts-process (CFG, the engine in a thread and in a process, 1-128 streams),
 # tts-codec (codec call: carried states, eager and graphs, against windowed), tts-codec-served
 # (served with carried states against windowed, CFG),
 # tts-probes (first audio in process, continuous-batching costs), tts-batch-first-audio (a batch's
-# first audio in process, phase by phase, and the host profile at 128; prefill $PREFILL_ROWS or 128), asr-profile (512-stream step),
+# first audio in process, phase by phase, and the host profile at 128; prefill $PREFILL_ROWS or 128,
+# more probe options in $PROBE_ARGS, e.g. --no-tf32), asr-profile (512-stream step),
 # memory-asr, memory-tts (GPU memory and start time per configured capacity), tts-peak (what is
 # alive at TTS's memory peak, by allocating code; batch $MEMORY_TTS or 64), asr-invariance (one
 # clip as 1-256 identical streams: does the transcript depend on the batch size, float32 and bf16, or

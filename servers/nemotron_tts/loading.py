@@ -55,9 +55,12 @@ def load_engine(config: TTSConfig, model_path: Path, codec_path: Path | None, pr
     catalog = Catalog.from_config(config, model.languages, model.tokenize)
     engine = Engine(model, config.max_batch, seed=config.seed, gather_s=config.gather_ms / 1000,
                     continuous=config.continuous_batching, join_wait_s=config.join_wait_ms / 1000)
-    logger.info("batching: " + ("continuous" if engine.continuous is not None else
-                                "fixed batches" + (" (continuous batching needs the static decoder)"
-                                                   if config.continuous_batching else "")))
+    if engine.continuous is not None:
+        logger.info("batching: continuous")
+    elif config.continuous_batching:
+        logger.info("batching: fixed batches (continuous batching needs the static decoder)")
+    else:
+        logger.info("batching: fixed batches")
     engine.start()
     progress("warming up", LOAD_BUDGET_S)
     warm_s = warm_up(engine, catalog, config.warmup_text, config.max_batch)
