@@ -34,11 +34,11 @@ class PoolState:
 
     def __init__(self, pool) -> None:
         self.pool = pool
-        self.saved = [t.clone() for t in (pool.channel, pool.time, pool.channel_len)]
+        self.saved = [t.clone() for t in (pool.channel, pool.start, pool.time, pool.channel_len)]
 
     def restore(self) -> None:
-        for tensor, saved in zip((self.pool.channel, self.pool.time, self.pool.channel_len), self.saved,
-                                 strict=True):
+        tensors = (self.pool.channel, self.pool.start, self.pool.time, self.pool.channel_len)
+        for tensor, saved in zip(tensors, self.saved, strict=True):
             tensor.copy_(saved)
 
     def caches(self, index):

@@ -23,6 +23,10 @@ from .steps import Step
 # nvidia-smi per process tree, with the units' allocator settings (expandable segments) and TTS's
 # default float16 decoder caches: bench/results/memory-h200-run10.json.
 ASR_MIB = {16: 2802, 64: 3044, 256: 4274, 512: 5928}
+# Since those measurements each session's attention caches have room for one step's new frames
+# (the rings of nemotron_asr.steps.CachePool): 24 layers x 5 frames x 1024 channels in bfloat16,
+# 240 MiB more at 1,024 sessions as the server logged it (bench/results/asr-h200-run26.md).
+ASR_RING_MIB_PER_SESSION = 24 * 5 * 1024 * 2 / 2**20
 TTS_MIB = {4: 3338, 16: 4920, 64: 10392}
 # Nemotron-3-Nano-30B-A3B weights (GiB) by mode: Q8_0 about 33 GB and the BF16 checkpoint about
 # 60 GB, as published; Q4_K_M scaled from Q8_0 by bits per weight (an estimate).
@@ -112,7 +116,8 @@ def budget(options, total_gib: float, unified: bool) -> Budget:
     if options.asr:
         sessions = int(_setting(options, "asr", "max_sessions"))
         batch = min(sessions, int(_setting(options, "asr", "max_batch")))
-        parts.append(Part("ASR", f"{sessions} sessions", interpolate(ASR_MIB, batch) / 1024))
+        mib = interpolate(ASR_MIB, batch) + sessions * ASR_RING_MIB_PER_SESSION
+        parts.append(Part("ASR", f"{sessions} sessions", mib / 1024))
     if options.tts:
         batch = int(_setting(options, "tts", "max_batch"))
         parts.append(Part("TTS", f"batch {batch}", interpolate(TTS_MIB, batch) / 1024))

@@ -15,7 +15,9 @@ cuDNN for 1x1 convolutions:
 - the conformer's pointwise convolutions are plain matrix products (kernel size 1): cuBLAS on the
   time-major layout instead of cuDNN on the channel-major one.
 
-Only inference takes these paths: training, dropout and autocast fall back to NeMo's own code.
+Given a pooled step's ``steps.LayerCaches``, attention extends its cache in the pool's ring in
+place of NeMo's two concatenations. Otherwise only inference takes these paths: training, dropout
+and autocast fall back to NeMo's own code.
 """
 
 from __future__ import annotations
@@ -24,12 +26,20 @@ import torch
 import torch.nn.functional as F
 from nemo.collections.asr.parts.submodules.multi_head_attention import INF_VAL, RelPositionMultiHeadAttention
 
+from .steps import LayerCaches
+
 
 class StreamingRelPositionAttention(RelPositionMultiHeadAttention):
+    reads_pooled_window = True  # takes a pooled step's ``LayerCaches`` as its cache
+
     def forward(self, query, key, value, mask, pos_emb, cache=None):
-        if self.training or torch.is_autocast_enabled():
+        if isinstance(cache, LayerCaches):  # NeMo's update_cache, in the pool's ring
+            key = value = cache.extend(key)
+            cache.advance(query.size(1) - self.cache_drop_size)
+        elif self.training or torch.is_autocast_enabled():
             return super().forward(query, key, value, mask, pos_emb, cache=cache)
-        key, value, query, cache = self.update_cache(key=key, value=value, query=query, cache=cache)
+        else:
+            key, value, query, cache = self.update_cache(key=key, value=value, query=query, cache=cache)
         batch, heads, width = query.size(0), self.h, self.d_k
         q = self.linear_q(query).view(batch, -1, heads, width)
         k = self.linear_k(key).view(batch, -1, heads, width).transpose(1, 2)

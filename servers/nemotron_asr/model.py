@@ -12,7 +12,7 @@ from nemotron_common.devices import index_tensor, memory_note, pick_device
 
 from .decoder import DecoderPool
 from .featurizer import Featurizer
-from .steps import CachePool, EagerStep, GraphStep, StepKind, pool_layers, step_kinds
+from .steps import CachePool, EagerStep, GraphStep, StepKind, most_new_frames, pool_layers, step_kinds
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never download at service start
 
@@ -89,7 +89,8 @@ class StreamingModel:
         self.first_frames = self.cfg.chunk_size[0]
         self.chunk_ms = self.shift * self.featurizer.hop * 1000 // self.featurizer.sample_rate
         logger.info(f"weights on {self.device}{memory_note(self.device)}")
-        self.pool = CachePool(encoder, max_streams, self.dtype, self.device)
+        new_frames = most_new_frames(self.kinds, encoder.subsampling_factor)
+        self.pool = CachePool(encoder, max_streams, self.dtype, self.device, new_frames)
         logger.info(f"encoder caches for {max_streams} streams{memory_note(self.device)}")
         self.uses_graphs = cuda_graphs and self.device.type == "cuda"
         buckets = sorted({b for b in graph_buckets if b < max_streams} | {max_streams})

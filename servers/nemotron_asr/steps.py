@@ -44,16 +44,35 @@ def step_kinds(streaming_cfg, lead: int) -> dict[str, StepKind]:
     }
 
 
+def most_new_frames(kinds: dict[str, StepKind], subsampling_factor: int) -> int:
+    """The most encoder frames a step of any kind brings: its input frames subsampled (rounded up),
+    and one to spare."""
+    return -(-max(kind.frames for kind in kinds.values()) // subsampling_factor) + 1
+
+
 class CachePool:
-    """Encoder caches of every stream, one slot per stream, gathered and scattered per step.
+    """Encoder caches of every stream, one slot per stream, read and written per step.
+
+    A stream's attention (channel) cache is a window of the last frames each layer attends to. It
+    lives in a ring with room for one step's new frames after the window: a step writes its new
+    frames there, attention reads window and new frames with one gather, and the window then moves on
+    by the frames kept. NeMo instead concatenates cache and new frames, then builds the next cache by
+    another concatenation, and a pool would copy it back: a third of a 512-stream step on the H200
+    moved cache memory that way (bench/results/asr-h200-run25-profile.txt).
 
     One extra slot past the streams' takes the padding rows of graph steps, so a padded step
     never touches a stream's caches."""
 
-    def __init__(self, encoder, slots: int, dtype: torch.dtype, device: torch.device) -> None:
-        channel, time, channel_len = encoder.get_initial_cache_state(batch_size=slots + 1, dtype=dtype,
-                                                                     device=device)
-        self.channel, self.time, self.channel_len = channel, time, channel_len
+    def __init__(self, encoder, slots: int, dtype: torch.dtype, device: torch.device,
+                 new_frames: int) -> None:
+        channel, time, channel_len = encoder.get_initial_cache_state(batch_size=1, dtype=dtype, device=device)
+        layers, _, self.window, width = channel.shape
+        rows = slots + 1
+        self.ring = self.window + new_frames  # rows of one stream's ring
+        self.channel = torch.zeros(layers, rows * self.ring, width, dtype=dtype, device=device)
+        self.start = torch.zeros(rows, dtype=torch.long, device=device)  # each ring's window start
+        self.time = time.new_zeros(layers, rows, *time.shape[2:])
+        self.channel_len = channel_len.new_zeros(rows)
         self.padding_slot = slots
         self.free = list(range(slots - 1, -1, -1))
 
@@ -64,55 +83,114 @@ class CachePool:
     def release(self, slot: int) -> None:
         self.free.append(slot)
 
+    def rows(self, index: torch.Tensor, first: int, count: int) -> torch.Tensor:
+        """Rows of ``channel``'s rings, stream by stream: frames ``first .. first + count`` counted
+        from each window's start (frames past the window are the ring's room for new ones)."""
+        offsets = self.start.index_select(0, index)[:, None] + torch.arange(first, first + count,
+                                                                              device=index.device)
+        return (index[:, None] * self.ring + offsets % self.ring).reshape(-1)
+
     def reset(self, slots: list[int]) -> None:
         index = index_tensor(slots, self.channel.device)
-        self.channel.index_fill_(1, index, 0.0)
+        self.start.index_fill_(0, index, 0)
+        self.channel.index_fill_(1, self.rows(index, 0, self.ring), 0.0)
         self.time.index_fill_(1, index, 0.0)
         self.channel_len.index_fill_(0, index, 0)
 
+    def advance(self, index: torch.Tensor, frames: int) -> None:
+        """Move the streams' windows on by ``frames`` once a step has used them."""
+        self.start.index_copy_(0, index, (self.start.index_select(0, index) + frames) % self.ring)
+
     def gather(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Copies of the streams' caches in NeMo's stacked layout."""
-        return (self.channel.index_select(1, index), self.time.index_select(1, index),
+        layers, _, width = self.channel.shape
+        channel = self.channel.index_select(1, self.rows(index, 0, self.window))
+        return (channel.view(layers, index.numel(), self.window, width), self.time.index_select(1, index),
                 self.channel_len.index_select(0, index))
 
     def scatter(self, index: torch.Tensor, channel, time, channel_len) -> None:
-        """Store the streams' new caches, given in NeMo's stacked layout."""
-        self.channel.index_copy_(1, index, channel.to(self.channel.dtype))
+        """Store the streams' new caches, given in NeMo's stacked layout (each window from its
+        ring's first row)."""
+        self.start.index_fill_(0, index, 0)
+        rows = channel.reshape(channel.size(0), -1, channel.size(-1))
+        self.channel.index_copy_(1, self.rows(index, 0, self.window), rows.to(self.channel.dtype))
         self.time.index_copy_(1, index, time.to(self.time.dtype))
         self.channel_len.index_copy_(0, index, channel_len.to(self.channel_len.dtype))
 
 
 class StepCaches:
-    """The caches of one step's streams, read and written layer by layer.
+    """The caches of one step's streams, read and written layer by layer in the pool.
 
     NeMo's encoder step takes every layer's caches as one tensor and returns all new ones stacked:
     for a batch that is a gathered copy of the caches, the layers' new caches and their stacked
     copy, three times the streams' cache memory at once, in the scratch of the largest CUDA graph
     (bench/results/memory-h200-run5.md). Passed in place of those tensors, this hands each layer its
-    streams' rows (``LayerCaches.read``) and writes its new caches straight back (``keep``), so a step
-    holds one layer's caches at a time."""
+    streams' caches (``LayerCaches``), so a step holds one layer's caches at a time. Every layer
+    gets the same number of new frames, so the ring rows are worked out once a step."""
 
-    def __init__(self, pool: CachePool, index: torch.Tensor, channel_keep: int) -> None:
-        self.pool, self.index, self.channel_keep = pool, index, channel_keep
+    def __init__(self, pool: CachePool, index: torch.Tensor) -> None:
+        self.pool, self.index = pool, index
+        self.kept: int | None = None  # frames the windows move on by, once every layer ran
+        self._rows: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def __getitem__(self, layer: int) -> LayerCaches:
         return LayerCaches(self, layer)
 
+    def rows(self, new_frames: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Ring rows of the streams' new frames, and of their windows followed by those frames."""
+        if new_frames not in self._rows:
+            pool = self.pool
+            if new_frames > pool.ring - pool.window:
+                raise ValueError(f"a step brought {new_frames} new frames; the cache rings hold "
+                                 f"{pool.ring - pool.window}")
+            extended = pool.rows(self.index, 0, pool.window + new_frames)
+            self._rows[new_frames] = (pool.rows(self.index, pool.window, new_frames), extended)
+        return self._rows[new_frames]
+
 
 class LayerCaches:
+    """One layer's caches for one step. Attention that knows the ring (``reads_pooled_window``)
+    extends the window in place; any other gets a copy of it and gives back its new one."""
+
     def __init__(self, step: StepCaches, layer: int) -> None:
         self.step, self.layer = step, layer
 
-    def read(self) -> tuple[torch.Tensor, torch.Tensor]:
-        pool, index = self.step.pool, self.step.index
-        return pool.channel[self.layer].index_select(0, index), pool.time[self.layer].index_select(0, index)
+    def extend(self, new: torch.Tensor) -> torch.Tensor:
+        """Write the streams' ``new`` frames (B, T, D) after their windows; returns window and new
+        frames, (B, window + T, D), what attention attends to."""
+        batch, frames, width = new.shape
+        new_rows, extended = self.step.rows(frames)
+        ring = self.step.pool.channel[self.layer]
+        ring.index_copy_(0, new_rows, new.reshape(-1, width).to(ring.dtype))
+        return ring.index_select(0, extended).view(batch, -1, width)
 
-    def keep(self, channel: torch.Tensor, time: torch.Tensor) -> None:
-        pool, index, size = self.step.pool, self.step.index, self.step.channel_keep
-        if size > 0:  # as NeMo's streaming_post_process trims the stacked caches
-            channel = channel[:, -size:, :]
-        pool.channel[self.layer].index_copy_(0, index, channel.to(pool.channel.dtype))
-        pool.time[self.layer].index_copy_(0, index, time.to(pool.time.dtype))
+    def advance(self, frames: int) -> None:
+        """After the step the windows move on by ``frames`` (NeMo's next cache: the window's last
+        rows, then the first ``frames`` new ones)."""
+        self.step.kept = frames
+
+    def read(self) -> torch.Tensor:
+        pool, step = self.step.pool, self.step
+        channel = pool.channel[self.layer].index_select(0, pool.rows(step.index, 0, pool.window))
+        return channel.view(step.index.numel(), pool.window, -1)
+
+    def replace(self, channel: torch.Tensor, kept: int) -> None:
+        """Store a whole new window (B, window, D), which starts ``kept`` frames after the old one."""
+        pool, step = self.step.pool, self.step
+        if kept > pool.ring - pool.window:
+            raise ValueError(f"a step kept {kept} new frames; the cache rings hold {pool.ring - pool.window}")
+        channel = channel[:, -pool.window:, :]  # as NeMo's streaming_post_process trims the caches
+        ring = pool.channel[self.layer]
+        ring.index_copy_(0, pool.rows(step.index, kept, pool.window),
+                         channel.reshape(-1, channel.size(-1)).to(ring.dtype))
+        self.advance(kept)
+
+    def read_time(self) -> torch.Tensor:
+        return self.step.pool.time[self.layer].index_select(0, self.step.index)
+
+    def keep_time(self, time: torch.Tensor) -> None:
+        pool = self.step.pool
+        pool.time[self.layer].index_copy_(0, self.step.index, time.to(pool.time.dtype))
 
 
 class PooledCacheLayer(ConformerLayer):
@@ -125,10 +203,16 @@ class PooledCacheLayer(ConformerLayer):
             return super().forward(x, att_mask=att_mask, pos_emb=pos_emb, pad_mask=pad_mask,
                                    cache_last_channel=cache_last_channel, cache_last_time=cache_last_time)
         caches = cache_last_channel
-        channel, time = caches.read()
-        x, channel, time = super().forward(x, att_mask=att_mask, pos_emb=pos_emb, pad_mask=pad_mask,
-                                           cache_last_channel=channel, cache_last_time=time)
-        caches.keep(channel, time)
+        if getattr(self.self_attn, "reads_pooled_window", False):
+            x, _, time = super().forward(x, att_mask=att_mask, pos_emb=pos_emb, pad_mask=pad_mask,
+                                         cache_last_channel=caches, cache_last_time=caches.read_time())
+        else:
+            frames = x.size(1)
+            x, channel, time = super().forward(x, att_mask=att_mask, pos_emb=pos_emb, pad_mask=pad_mask,
+                                               cache_last_channel=caches.read(),
+                                               cache_last_time=caches.read_time())
+            caches.replace(channel, frames - self.self_attn.cache_drop_size)
+        caches.keep_time(time)
         empty = x.new_empty(0)  # what NeMo stacks in place of the caches, which are already kept
         return x, empty, empty
 
@@ -165,7 +249,7 @@ class EagerStep:
         if not self.layered:
             return self._stacked(features, lengths, index)
         encoder, cfg = self.encoder, self.encoder.streaming_cfg
-        caches = StepCaches(self.pool, index, cfg.last_channel_cache_size)
+        caches = StepCaches(self.pool, index)
         channel_len = self.pool.channel_len.index_select(0, index)
         encoder.update_max_seq_length(seq_length=features.size(2), device=features.device)
         usual = cfg.drop_extra_pre_encoded
@@ -181,6 +265,8 @@ class EagerStep:
             encoded = encoded[:, :, : cfg.valid_out_len]
             encoded_len = torch.clamp(encoded_len, max=cfg.valid_out_len)
         self.pool.channel_len.index_copy_(0, index, channel_len.to(self.pool.channel_len.dtype))
+        if caches.kept is not None:
+            self.pool.advance(index, caches.kept)
         return encoded, encoded_len
 
     def _stacked(self, features, lengths, index):
