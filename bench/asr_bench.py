@@ -79,7 +79,7 @@ def _steps_between(before: dict, after: dict) -> dict:
 def main(shape, model_path, modes, streams, seconds, frame_ms, large_frame_ms, procs, right_context,
          out, servers, port, repeats, instances, step_timing, spread_ms) -> None:
     from asr_load import run_level
-    from serving import device_name, server_env, stop, wait_ready
+    from serving import device_name, host_name, server_env, stop, wait_ready
 
     out.mkdir(parents=True, exist_ok=True)
     if model_path is None:
@@ -92,8 +92,8 @@ def main(shape, model_path, modes, streams, seconds, frame_ms, large_frame_ms, p
                   words_per_second=3.5, right_context=right_context)
             click.echo(f"built {model_path} in {time.monotonic() - started:.0f} s", err=True)
     counts = [int(n) for n in streams.split(",")]
-    report = {"device": device_name(), "model": model_path.name, "right_context": right_context,
-              "servers": str(servers), "instances": instances, "runs": {}}
+    report = {"device": device_name(), "host": host_name(), "model": model_path.name,
+              "right_context": right_context, "servers": str(servers), "instances": instances, "runs": {}}
     capacity = -(-max(counts) // instances)
     ports = [port + i for i in range(instances)]
     for mode in modes.split(","):
@@ -138,7 +138,7 @@ def main(shape, model_path, modes, streams, seconds, frame_ms, large_frame_ms, p
     spread = f", stream starts spread over {spread_ms:g} ms" if spread_ms else ""
     split = f", {instances} servers sharing the streams" if instances > 1 else ""
     lines = [f"ASR time to final, {report['device']}, random weights ({model_path.name}), "
-             f"right context {right_context}{spread}{split}", "",
+             f"right context {right_context}{spread}{split}; host {report['host']}", "",
              "| mode | streams | frame ms | TTF p50 | p95 | p99 | max | real-time streams | errors "
              "| words/s per stream | characters/s per stream | interims per stream |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]

@@ -27,7 +27,7 @@ from websockets.asyncio.client import connect
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
-from serving import device_name, gpu_mib, server_env, stop, wait_ready  # noqa: E402 - bench/ is not a package
+from serving import device_name, gpu_mib, host_name, server_env, stop, wait_ready  # noqa: E402 - bench/ is not a package
 
 
 def reserved_mib(port: int, service: str) -> float:
@@ -104,7 +104,7 @@ def measure(service: str, model: Path, capacity: int, port: int, log_dir: Path, 
 @click.option("--server-args", default="", help="more flags for every server, e.g. '--no-cuda-graphs'")
 def main(asr_model, tts_model, asr_levels, tts_levels, out, port, server_args) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    report = {"device": device_name(), "weights": "random", "rows": []}
+    report = {"device": device_name(), "host": host_name(), "weights": "random", "rows": []}
     plan = ([("asr", asr_model, int(n)) for n in asr_levels.split(",")] if asr_model else []) + \
            ([("tts", tts_model, int(n)) for n in tts_levels.split(",")] if tts_model else [])
     for service, model, capacity in plan:

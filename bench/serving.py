@@ -61,6 +61,20 @@ def device_name() -> str:
     return torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
 
 
+def host_name() -> str:
+    """The host's CPU model and core count: the servers' host work (features, decoding's copies,
+    results, the load generator) runs there, and machines of one GPU kind differ in it."""
+    model = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{model}, {os.cpu_count()} cores"
+
+
 def _tree(pid: int) -> set[int]:
     """``pid`` and all its descendants."""
     pids, frontier = {pid}, [pid]

@@ -27,7 +27,7 @@ from websockets.asyncio.client import connect
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
-from serving import device_name, server_env, wait_ready  # noqa: E402 - bench/ is not a package
+from serving import device_name, host_name, server_env, wait_ready  # noqa: E402 - bench/ is not a package
 
 TEXT = "Hello there, this is a short reply from the voice agent, spoken as soon as possible."
 CONFIGS = {"cfg": ["--cfg"], "no-cfg": ["--no-cfg"], "cfg-no-tf32": ["--cfg", "--no-tf32"],
@@ -161,8 +161,8 @@ def _server_means(before: dict[str, float], after: dict[str, float]) -> dict[str
 def main(model_path, configs, streams, preset, max_frames, repeats, out, port, servers, stagger_ms) -> None:
     out.mkdir(parents=True, exist_ok=True)
     counts = [int(s) for s in streams.split(",")]
-    report = {"device": device_name(), "model": model_path.name, "max_frames": max_frames,
-              "servers": str(servers), "runs": {}}
+    report = {"device": device_name(), "host": host_name(), "model": model_path.name,
+              "max_frames": max_frames, "servers": str(servers), "runs": {}}
     url = f"ws://127.0.0.1:{port}/ws/tts/stream"
     for name in configs.split(","):
         log = (out / f"tts-server-{name}.log").open("w")
@@ -188,7 +188,7 @@ def main(model_path, configs, streams, preset, max_frames, repeats, out, port, s
     (out / "tts_bench.json").write_text(json.dumps(report, indent=1))
     spread = f", starts spread over {stagger_ms} ms" if stagger_ms else ""
     lines = [f"TTS stream mode ({preset}), {report['device']}, random weights, "
-             f"{max_frames} frames per utterance{spread}",
+             f"{max_frames} frames per utterance{spread}; host {report['host']}",
              "| config | streams | first audio p50 ms | p95 ms | RTF (wall/audio) "
              "| real-time streams | errors | server: first audio / queue wait, mean ms |",
              "|---|---|---|---|---|---|---|---|"]

@@ -25,7 +25,7 @@ import click
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "bench"), str(ROOT / "servers")]
 from nemotron_common import ports  # noqa: E402 - bench scripts run as files
-from serving import device_name, gpu_mib, server_env, stop, wait_ready  # noqa: E402
+from serving import device_name, gpu_mib, host_name, server_env, stop, wait_ready  # noqa: E402
 
 PORTS = {"asr": ports.ASR, "tts": ports.TTS, "llm": ports.LLM}
 
@@ -113,7 +113,8 @@ def main(asr_model, tts_model, llm_model, llama_server, conversations, llm_load,
         for process in processes.values():
             stop(process)
     (out / "stack.json").write_text(json.dumps({
-        "device": device_name(), "start_s": started, "llm_parallel": parallel, "llm_speed": speed,
+        "device": device_name(), "host": host_name(), "start_s": started, "llm_parallel": parallel,
+        "llm_speed": speed,
         "gpu_memory_mib_ready": ready_memory, "gpu_memory_mib_after": after_memory,
         "llm_model": llm_model.name, "llm_model_gib": round(llm_model.stat().st_size / 2**30, 2)}, indent=1))
     click.echo(json.dumps({"ready_mib": ready_memory, "after_mib": after_memory}))
