@@ -27,6 +27,11 @@ ASR_MIB = {16: 2802, 64: 3044, 256: 4274, 512: 5928}
 # (the rings of nemotron_asr.steps.CachePool): 24 layers x 5 frames x 1024 channels in bfloat16,
 # 240 MiB more at 1,024 sessions as the server logged it (bench/results/asr-h200-run26.md).
 ASR_RING_MIB_PER_SESSION = 24 * 5 * 1024 * 2 / 2**20
+# And NeMo's greedy decoder, whose state has a row per stream of the largest batch (max_batch), is
+# sized for a chunk's 5 encoder frames instead of 375 (nemotron_asr.decoder.DecoderPool): NeMo's
+# LabelLoopingState of the real shape allocated on the CPU holds 996.2 MiB at 375 frames and 13.4 at
+# 5 for 1,024 rows, the projected encoder output in float32 most of it.
+ASR_DECODER_SAVED_MIB_PER_ROW = (996.2 - 13.4) / 1024
 TTS_MIB = {4: 3338, 16: 4920, 64: 10392}
 # Nemotron-3-Nano-30B-A3B weights (GiB) by mode: Q8_0 about 33 GB and the BF16 checkpoint about
 # 60 GB, as published; Q4_K_M scaled from Q8_0 by bits per weight (an estimate).
@@ -116,7 +121,8 @@ def budget(options, total_gib: float, unified: bool) -> Budget:
     if options.asr:
         sessions = int(_setting(options, "asr", "max_sessions"))
         batch = min(sessions, int(_setting(options, "asr", "max_batch")))
-        mib = interpolate(ASR_MIB, batch) + sessions * ASR_RING_MIB_PER_SESSION
+        mib = (interpolate(ASR_MIB, batch) + sessions * ASR_RING_MIB_PER_SESSION
+               - batch * ASR_DECODER_SAVED_MIB_PER_ROW)
         parts.append(Part("ASR", f"{sessions} sessions", mib / 1024))
     if options.tts:
         batch = int(_setting(options, "tts", "max_batch"))

@@ -30,12 +30,17 @@ def _copy_into(target, index: torch.Tensor, source, dim: int) -> None:
 
 
 class DecoderPool:
-    def __init__(self, model, slots: int, device: torch.device) -> None:
+    def __init__(self, model, slots: int, device: torch.device, chunk_frames: int) -> None:
         greedy = model.decoding.decoding
         self.computer = getattr(greedy, "decoding_computer", None)
         if self.computer is None or not hasattr(self.computer, "reset_state_by_mask"):
             raise ValueError("streaming needs NeMo's label-looping greedy decoder "
                              "(decoding strategy greedy_batch with loop_labels)")
+        # NeMo sizes its CUDA-graph decoding state for at least 375 encoder frames a row (30 s of
+        # audio), the projected encoder output in float32 among it: 996 MiB at 1,024 rows for the
+        # real shape. A streaming step decodes one chunk, ``chunk_frames`` at most, so the state is
+        # sized for that (13 MiB); a longer input would only make NeMo size it again.
+        self.computer.INITIAL_MAX_TIME = chunk_frames
         self.decoding = model.decoding
         self.device = device
         self.slots = slots

@@ -96,7 +96,7 @@ class StreamingModel:
         buckets = sorted({b for b in graph_buckets if b < max_streams} | {max_streams})
         self.buckets = buckets
         self.steps: dict[str, EagerStep | GraphStep] = {}
-        self.decoder = DecoderPool(self.model, max_streams, self.device)
+        self.decoder = DecoderPool(self.model, max_streams, self.device, new_frames)
         logger.info(f"decoder states for {max_streams} streams{memory_note(self.device)}")
 
     def capture(self, progress=None) -> None:

@@ -64,6 +64,31 @@ def test_streamed_finals_equal_offline_transcription(tiny_asr_model, right_conte
     assert engine.stats.summary()["steady"]["mean_streams"] > 1.5
 
 
+def test_the_decoders_preallocated_state_is_sized_for_a_chunk_and_decodes_as_offline(tiny_asr_model):
+    """On a GPU NeMo's greedy decoder runs on a preallocated state replayed by CUDA graphs, sized by
+    default for 375 encoder frames a row; NeMo's "no_graphs" mode runs that same stateful code on the
+    CPU, which NeMo's own entry point keeps for CUDA, so the test routes to it."""
+    model = StreamingModel(tiny_asr_model, 1, max_streams=4)
+    computer = model.decoder.computer
+    computer.force_cuda_graphs_mode("no_graphs")
+    computer.torch_impl = computer.cuda_graphs_impl
+    model.capture()
+    engine = Engine(model, max_batch=4)
+    engine.start()
+    try:
+        seconds = [2.37, 1.0 + model.chunk_ms / 1000, 0.05, 3.1]
+        pcms = [to_pcm(speechlike_audio(s, seed=i)) for i, s in enumerate(seconds)]
+        results = stream_through(engine, pcms)
+    finally:
+        engine.stop()
+    frames = computer.state.encoder_output_projected.shape[1]
+    assert frames == model.pool.ring - model.pool.window < 375  # a chunk's frames, not 30 s of them
+    offline = [model.transcribe_offline(pcm_as_float(pcm)) for pcm in pcms]
+    assert sum(bool(text) for text in offline) >= 3, offline
+    for index, expected in enumerate(offline):
+        assert [r.text for r in results[index] if r.kind == "final"] == [expected], index
+
+
 def test_interims_are_cumulative_and_only_on_change(tiny_asr_model):
     model = StreamingModel(tiny_asr_model, 1, max_streams=1)
     model.capture()
