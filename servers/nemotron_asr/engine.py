@@ -4,7 +4,8 @@ Connections talk to it through thread-safe calls (``open``/``feed``/``finalize``
 enqueue commands; the engine thread applies them in order. Each tick runs one batch: the streams with
 a complete chunk of the most urgent step kind (hard resets first). While the GPU runs it, the engine
 applies the commands that came in and prepares the next batch from the other streams' audio, so
-neither a step's features nor a late hard reset leaves the GPU idle (``look_ahead``). Results go
+neither a step's features nor a late hard reset leaves the GPU idle (``look_ahead``); a final batch
+prepared so takes in the finals of its kind that came in until its launch. Results go
 back through each stream's ``deliver`` callback: on the engine thread, or on the stream's event loop
 when it opened with one (``interface.hand_over``: one cross-thread hand-off per loop and step).
 
@@ -198,6 +199,8 @@ class Engine(StreamCommands):
         if prepared and prepared.kind not in FINAL_KINDS and self._finalizing_outside(prepared):
             self._release(prepared)  # a hard reset came in since: its final goes first
             prepared = None
+        elif prepared and prepared.kind in FINAL_KINDS:
+            prepared = self._grow(prepared)
         batch = prepared or self._prepare_next()
         if batch is None:
             self._hand_over()
@@ -281,18 +284,34 @@ class Engine(StreamCommands):
             return _Step(stream, "final_first", 0, end)
         return _Step(stream, "final", stream.consumed - model.pre, model.pre + end - stream.consumed)
 
-    def _prepare_next(self) -> _Batch | None:
-        """The most urgent kind's ready steps as a batch with its features, or None if no stream
-        is ready; streams held by another batch wait for it. Utterances that ended with no frames
-        left to encode are finished here."""
+    def _ready_steps(self) -> dict[str, list[_Step]]:
+        """Each kind's ready steps of the streams no batch holds. Utterances that ended with no
+        frames left to encode are finished here."""
         by_kind: dict[str, list[_Step]] = {}
         for stream in self._streams.values():
             if stream.id not in self._held and (step := self._next_step(stream)):
                 by_kind.setdefault(step.kind, []).append(step)
         if done := by_kind.pop("done", None):
             self._finish_utterances([step.stream for step in done])
+        return by_kind
+
+    def _prepare_next(self) -> _Batch | None:
+        """The most urgent kind's ready steps as a batch with its features, or None if no stream
+        is ready; streams held by another batch wait for it."""
+        by_kind = self._ready_steps()
         kind = next((kind for kind in KIND_ORDER if kind in by_kind), None)
         return self._prepare(kind, by_kind[kind][:self.max_batch]) if kind else None
+
+    def _grow(self, batch: _Batch) -> _Batch:
+        """A final batch prepared while the last step ran, joined by the finals of its kind that
+        came in since (their features only). Hard resets that arrive over a few milliseconds, as
+        when many streams end together, then go in one step instead of waiting for the next."""
+        more = self._ready_steps().get(batch.kind, [])[:self.max_batch - len(batch.steps)]
+        if not more:
+            return batch
+        extra = self._prepare(batch.kind, more)
+        return _Batch(batch.kind, batch.steps + extra.steps, torch.cat([batch.features, extra.features]),
+                      torch.cat([batch.lengths, extra.lengths]), batch.prepare_s + extra.prepare_s)
 
     def _finalizing_outside(self, batch: _Batch) -> bool:
         """Whether a stream not in ``batch`` has a hard reset to serve."""

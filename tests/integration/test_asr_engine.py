@@ -171,6 +171,34 @@ def test_a_final_goes_before_other_streams_ready_steps(tiny_asr_model):
     assert [step.stream.id for step in final.steps] == [short]
 
 
+def test_finals_arriving_after_a_final_batch_was_prepared_join_it(tiny_asr_model):
+    model = StreamingModel(tiny_asr_model, 1, max_streams=3)
+    model.capture()
+    engine = Engine(model, max_batch=3)  # not started: the test drives the engine thread's calls
+    launched, texts = [], {}
+    launch = engine._launch
+
+    def record(batch):
+        launched.append((batch.kind, [step.stream.id for step in batch.steps]))
+        return launch(batch)
+
+    engine._launch = record
+    pcms = [to_pcm(speechlike_audio(0.05 + 0.02 * i, seed=i)) for i in range(3)]  # each short of a chunk
+    with torch.inference_mode():  # as on the engine thread
+        ids = [engine.open(lambda result, i=i: texts.setdefault(i, result.text) if result.kind == "final"
+                           else None) for i in range(3)]
+        for stream, pcm in zip(ids, pcms, strict=True):
+            engine.feed(stream, pcm)
+        engine.finalize(ids[0])
+        engine._take_commands(block=False)
+        prepared = engine._prepare_next()  # as while another step runs
+        engine.finalize(ids[1])  # these two come in after it was prepared
+        engine.finalize(ids[2])
+        assert engine._tick(prepared) is None
+    assert launched == [("final_first", ids)]  # one step for the three, not two
+    assert [texts[i] for i in range(3)] == [model.transcribe_offline(pcm_as_float(pcm)) for pcm in pcms]
+
+
 def test_the_warmup_runs_every_step_kind_as_one_full_batch_then_for_one_stream(tiny_asr_model):
     model = StreamingModel(tiny_asr_model, 1, max_streams=6)
     model.capture()
