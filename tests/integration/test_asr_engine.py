@@ -40,13 +40,9 @@ def stream_through(engine, pcms, frame_bytes=640):
     return results
 
 
-@pytest.mark.parametrize("look_ahead", [False, True], ids=["planned-after-each-step", "look-ahead"])
-@pytest.mark.parametrize("right_context", [1, 6, 13])
-def test_streamed_finals_equal_offline_transcription(tiny_asr_model, right_context, look_ahead):
-    model = StreamingModel(tiny_asr_model, right_context, max_streams=4)
-    model.capture()
-    engine = Engine(model, max_batch=4, look_ahead=look_ahead)
-    engine.start()
+def streamed_and_offline(model, engine):
+    """Four utterances streamed at once through the started ``engine``, and NeMo's offline
+    transcription of each: ([finals of each stream], [offline text of each])."""
     try:
         # lengths chosen to end mid-chunk, exactly on a chunk, and before the first chunk is complete
         seconds = [2.37, 1.0 + model.chunk_ms / 1000, 0.05, 3.1]
@@ -54,12 +50,22 @@ def test_streamed_finals_equal_offline_transcription(tiny_asr_model, right_conte
         results = stream_through(engine, pcms)
     finally:
         engine.stop()
+    finals = [[r.text for r in results[index] if r.kind == "final"] for index in range(len(pcms))]
     offline = [model.transcribe_offline(pcm_as_float(pcm)) for pcm in pcms]
     assert sum(bool(text) for text in offline) >= 3, offline  # the random model really emits text
+    return finals, offline
+
+
+@pytest.mark.parametrize("look_ahead", [False, True], ids=["planned-after-each-step", "look-ahead"])
+@pytest.mark.parametrize("right_context", [1, 6, 13])
+def test_streamed_finals_equal_offline_transcription(tiny_asr_model, right_context, look_ahead):
+    model = StreamingModel(tiny_asr_model, right_context, max_streams=4)
+    model.capture()
+    engine = Engine(model, max_batch=4, look_ahead=look_ahead)
+    engine.start()
+    finals, offline = streamed_and_offline(model, engine)
     assert all(len(text.split()) < 200 for text in offline)
-    for index, expected in enumerate(offline):
-        finals = [r.text for r in results[index] if r.kind == "final"]
-        assert finals == [expected], (index, expected, finals)
+    assert finals == [[text] for text in offline]
     # streams really shared batched steps
     assert engine.stats.summary()["steady"]["mean_streams"] > 1.5
 
@@ -75,18 +81,21 @@ def test_the_decoders_preallocated_state_is_sized_for_a_chunk_and_decodes_as_off
     model.capture()
     engine = Engine(model, max_batch=4)
     engine.start()
-    try:
-        seconds = [2.37, 1.0 + model.chunk_ms / 1000, 0.05, 3.1]
-        pcms = [to_pcm(speechlike_audio(s, seed=i)) for i, s in enumerate(seconds)]
-        results = stream_through(engine, pcms)
-    finally:
-        engine.stop()
-    frames = computer.state.encoder_output_projected.shape[1]
-    assert frames == model.pool.ring - model.pool.window < 375  # a chunk's frames, not 30 s of them
-    offline = [model.transcribe_offline(pcm_as_float(pcm)) for pcm in pcms]
-    assert sum(bool(text) for text in offline) >= 3, offline
-    for index, expected in enumerate(offline):
-        assert [r.text for r in results[index] if r.kind == "final"] == [expected], index
+    streamed = []
+    engine.model.decoder.step = _recording(engine.model.decoder.step, lambda: streamed.append(
+        computer.state.encoder_output_projected.shape[1]))
+    finals, offline = streamed_and_offline(model, engine)
+    # every streaming step decoded on a state sized for a chunk's frames, not 30 s of them
+    assert streamed and set(streamed) == {model.pool.ring - model.pool.window} and streamed[0] < 375
+    assert finals == [[text] for text in offline]
+
+
+def _recording(function, after):
+    def wrapped(*args, **kwargs):
+        result = function(*args, **kwargs)
+        after()
+        return result
+    return wrapped
 
 
 def test_interims_are_cumulative_and_only_on_change(tiny_asr_model):
