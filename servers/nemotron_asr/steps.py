@@ -68,6 +68,7 @@ class CachePool:
         channel, time, channel_len = encoder.get_initial_cache_state(batch_size=1, dtype=dtype, device=device)
         layers, _, self.window, width = channel.shape
         rows = slots + 1
+        self.room = new_frames  # the most new frames a step may bring
         self.ring = self.window + new_frames  # rows of one stream's ring
         self.channel = torch.zeros(layers, rows * self.ring, width, dtype=dtype, device=device)
         self.start = torch.zeros(rows, dtype=torch.long, device=device)  # each ring's window start
@@ -82,6 +83,10 @@ class CachePool:
 
     def release(self, slot: int) -> None:
         self.free.append(slot)
+
+    def check_room(self, frames: int) -> None:
+        if frames > self.room:
+            raise ValueError(f"a step brought {frames} new frames; the cache rings hold {self.room}")
 
     def rows(self, index: torch.Tensor, first: int, count: int) -> torch.Tensor:
         """Rows of ``channel``'s rings, stream by stream: frames ``first .. first + count`` counted
@@ -140,9 +145,7 @@ class StepCaches:
         """Ring rows of the streams' new frames, and of their windows followed by those frames."""
         if new_frames not in self._rows:
             pool = self.pool
-            if new_frames > pool.ring - pool.window:
-                raise ValueError(f"a step brought {new_frames} new frames; the cache rings hold "
-                                 f"{pool.ring - pool.window}")
+            pool.check_room(new_frames)
             extended = pool.rows(self.index, 0, pool.window + new_frames)
             self._rows[new_frames] = (pool.rows(self.index, pool.window, new_frames), extended)
         return self._rows[new_frames]
@@ -177,8 +180,7 @@ class LayerCaches:
     def replace(self, channel: torch.Tensor, kept: int) -> None:
         """Store a whole new window (B, window, D), which starts ``kept`` frames after the old one."""
         pool, step = self.step.pool, self.step
-        if kept > pool.ring - pool.window:
-            raise ValueError(f"a step kept {kept} new frames; the cache rings hold {pool.ring - pool.window}")
+        pool.check_room(kept)
         channel = channel[:, -pool.window:, :]  # as NeMo's streaming_post_process trims the caches
         ring = pool.channel[self.layer]
         ring.index_copy_(0, pool.rows(step.index, kept, pool.window),

@@ -86,7 +86,7 @@ def test_the_decoders_preallocated_state_is_sized_for_a_chunk_and_decodes_as_off
         computer.state.encoder_output_projected.shape[1]))
     finals, offline = streamed_and_offline(model, engine)
     # every streaming step decoded on a state sized for a chunk's frames, not 30 s of them
-    assert streamed and set(streamed) == {model.pool.ring - model.pool.window} and streamed[0] < 375
+    assert streamed and set(streamed) == {model.pool.room} and streamed[0] < 375
     assert finals == [[text] for text in offline]
 
 
