@@ -16,7 +16,8 @@
 # (served with carried states against windowed, CFG),
 # tts-probes (first audio in process, continuous-batching costs), tts-batch-first-audio (a batch's
 # first audio in process, phase by phase, and the host profile at 128; prefill $PREFILL_ROWS or 128,
-# more probe options in $PROBE_ARGS, e.g. --no-tf32), asr-profile (512-stream step),
+# more probe options in $PROBE_ARGS, e.g. --no-tf32), asr-profile (512-stream step), asr-host-profile (py-spy
+# samples of the served engine at $PROFILE_STREAMS or 1,024 streams; carry py-spy's wheel in .whl),
 # memory-asr, memory-tts (GPU memory and start time per configured capacity), tts-peak (what is
 # alive at TTS's memory peak, by allocating code; batch $MEMORY_TTS or 64), asr-invariance (one
 # clip as 1-256 identical streams: does the transcript depend on the batch size, float32 and bf16, or
@@ -102,6 +103,9 @@ for part in "$@"; do
                 timeout 200 python bench/probes/asr_batch_invariance.py /tmp/asr-real.nemo --dtype $dtype \
                     --streams 1,16,64,256 2>&1 | tee -a "$results/asr_invariance.txt" | grep 'distinct finals'
             done ;;
+        asr-host-profile) timeout 400 python bench/probes/asr_host_profile.py /tmp/asr-real.nemo \
+                              --streams "${PROFILE_STREAMS:-1024}" --out "$(fresh asr-host-profile)" 2>&1 |
+                              grep -v '^{' | grep -A32 'asr-engine:' ;;
         asr-profile)
             python bench/probes/asr_step_profile.py /tmp/asr-real.nemo 512 > "$results/asr_profile.txt" 2>&1
             grep -A20 "eager encoder step at" "$results/asr_profile.txt" ;;

@@ -6,6 +6,7 @@
 python3 -c "import sys; sys.path.insert(0, '/tmp/site'); import nemo, loguru, websockets, aiohttp" 2>/dev/null ||
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
 export PYTHONPATH=/tmp/site:$PWD/servers:$PWD PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
+export PATH=/tmp/site/bin:$PATH  # console scripts of carried wheels (py-spy for host profiles)
 device="$(python3 -c 'import torch; print("cuda" if torch.cuda.is_available() else "cpu")')"
 for shape in "$@"; do
     case "$shape" in

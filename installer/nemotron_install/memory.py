@@ -21,17 +21,12 @@ from .steps import Step
 
 # GPU MiB at READY by capacity (ASR: max_sessions = max_batch; TTS: max_batch), H200, random weights,
 # nvidia-smi per process tree, with the units' allocator settings (expandable segments) and TTS's
-# default float16 decoder caches: bench/results/memory-h200-run10.json.
-ASR_MIB = {16: 2802, 64: 3044, 256: 4274, 512: 5928}
-# Since those measurements each session's attention caches have room for one step's new frames
-# (the rings of nemotron_asr.steps.CachePool): 24 layers x 5 frames x 1024 channels in bfloat16,
-# 240 MiB more at 1,024 sessions as the server logged it (bench/results/asr-h200-run26.md).
-ASR_RING_MIB_PER_SESSION = 24 * 5 * 1024 * 2 / 2**20
-# And NeMo's greedy decoder, whose state has a row per stream of the largest batch (max_batch), is
-# sized for a chunk's 5 encoder frames instead of 375 (nemotron_asr.decoder.DecoderPool): NeMo's
-# LabelLoopingState of the real shape allocated on the CPU holds 996.2 MiB at 375 frames and 13.4 at
-# 5 for 1,024 rows, the projected encoder output in float32 most of it.
-ASR_DECODER_SAVED_MIB_PER_ROW = (996.2 - 13.4) / 1024
+# default float16 decoder caches: bench/results/memory-h200-run11.json (ASR) and
+# memory-h200-run10.json (TTS).
+ASR_MIB = {16: 2780, 64: 3000, 256: 4060, 512: 5532, 1024: 8408}
+# A session beyond max_batch adds only its encoder caches (the ASR load log at 1,024 sessions:
+# 5204 MiB in tensors with them, 1216 with the weights alone, for 1,025 rows).
+ASR_CACHE_MIB_PER_SESSION = (5204 - 1216) / 1025
 TTS_MIB = {4: 3338, 16: 4920, 64: 10392}
 # Nemotron-3-Nano-30B-A3B weights (GiB) by mode: Q8_0 about 33 GB and the BF16 checkpoint about
 # 60 GB, as published; Q4_K_M scaled from Q8_0 by bits per weight (an estimate).
@@ -121,8 +116,7 @@ def budget(options, total_gib: float, unified: bool) -> Budget:
     if options.asr:
         sessions = int(_setting(options, "asr", "max_sessions"))
         batch = min(sessions, int(_setting(options, "asr", "max_batch")))
-        mib = (interpolate(ASR_MIB, batch) + sessions * ASR_RING_MIB_PER_SESSION
-               - batch * ASR_DECODER_SAVED_MIB_PER_ROW)
+        mib = interpolate(ASR_MIB, batch) + (sessions - batch) * ASR_CACHE_MIB_PER_SESSION
         parts.append(Part("ASR", f"{sessions} sessions", mib / 1024))
     if options.tts:
         batch = int(_setting(options, "tts", "max_batch"))

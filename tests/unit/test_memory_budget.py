@@ -21,7 +21,9 @@ def test_interpolation_between_measured_capacities():
     assert memory.interpolate(tts, 10) == pytest.approx((tts[4] + tts[16]) / 2)
     assert memory.interpolate(memory.ASR_MIB, 1) == memory.ASR_MIB[16]  # below: the smallest measured
     asr = memory.ASR_MIB
-    assert memory.interpolate(asr, 1024) == pytest.approx(asr[512] + (asr[512] - asr[256]) * 2)
+    assert memory.interpolate(asr, 768) == pytest.approx((asr[512] + asr[1024]) / 2)
+    # above: extended along the last segment
+    assert memory.interpolate(asr, 2048) == pytest.approx(asr[1024] + (asr[1024] - asr[512]) * 2)
 
 
 def test_the_defaults_fit_a_spark_with_the_llm_in_every_mode():
@@ -88,3 +90,14 @@ def test_llama_cpp_slots_count_their_mamba_state_and_its_checkpoints_on_unified_
         Options(mode="llamacpp-q8", extra_config={"llm": {"parallel": 16}}), 120.0, True).describe()
     # llama.cpp's own default, 32 checkpoints for each of 16 slots, is 24 GiB of a Spark
     assert (16 * 33 - 5) * state_gib > 24
+
+
+def test_asr_sessions_beyond_the_batch_add_their_encoder_caches():
+    def asr_gib(sessions: int, batch: int) -> float:
+        options = Options(extra_config={"asr": {"max_sessions": sessions, "max_batch": batch}})
+        return memory.for_host(options, SPARK).share("ASR")
+
+    assert asr_gib(256, 256) == pytest.approx(memory.ASR_MIB[256] / 1024)
+    extra = asr_gib(512, 256) - asr_gib(256, 256)
+    assert extra == pytest.approx(256 * memory.ASR_CACHE_MIB_PER_SESSION / 1024)
+    assert asr_gib(512, 512) > asr_gib(512, 256)  # a larger batch also needs larger step buffers
