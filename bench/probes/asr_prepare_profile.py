@@ -46,7 +46,8 @@ def main(path: str, streams: int) -> None:
         engine._take_commands(block=False)
 
     def run(batch) -> None:
-        engine._complete(batch, engine._launch(batch))
+        running = engine._launch(batch)
+        engine._deliver(batch, engine._decode(running))
         engine._release(batch)
 
     profile = cProfile.Profile()

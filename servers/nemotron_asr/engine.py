@@ -4,10 +4,12 @@ Connections talk to it through thread-safe calls (``open``/``feed``/``finalize``
 enqueue commands; the engine thread applies them in order. Each tick runs one batch: the streams with
 a complete chunk of the most urgent step kind (hard resets first). While the GPU runs it, the engine
 applies the commands that came in and prepares the next batch from the other streams' audio, so
-neither a step's features nor a late hard reset leaves the GPU idle (``look_ahead``); a final batch
-prepared so takes in the finals of its kind that came in until its launch. Results go
-back through each stream's ``deliver`` callback: on the engine thread, or on the stream's event loop
-when it opened with one (``interface.hand_over``: one cross-thread hand-off per loop and step).
+neither a step's features nor a late hard reset leaves the GPU idle (``look_ahead``); once the step's
+tokens are decoded, that next batch is launched before the step's results are made and handed out,
+so the GPU runs it meanwhile. A final batch prepared so takes in the finals of its kind that came in
+until its launch. Results go back through each stream's ``deliver`` callback: on the engine
+thread, or on the stream's event loop when it opened with one (``interface.hand_over``: one
+cross-thread hand-off per loop and step).
 
 A hard reset (finalize) covers exactly the audio fed before it: audio or resets that arrive while a
 stream is still finishing an utterance wait in that stream's backlog and start the next utterance.
@@ -24,7 +26,6 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 from loguru import logger
 from nemotron_common.devices import index_tensor
@@ -44,9 +45,8 @@ class _Stream:
     deliver: Callable[[Result], None]
     loop: asyncio.AbstractEventLoop | None = None  # where ``deliver`` runs (None: engine thread)
     slot: int = -1
-    audio: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
-    origin: int = 0  # absolute index of audio[0] within the utterance
-    pending: list = field(default_factory=list)  # fed 16-bit PCM not yet joined to ``audio``
+    pcm: bytearray = field(default_factory=bytearray)  # the utterance's fed 16-bit PCM still needed
+    origin: int = 0  # absolute index of pcm's first sample within the utterance
     total: int = 0
     consumed: int = 0  # mel frames already given to the encoder
     started: bool = False
@@ -54,12 +54,6 @@ class _Stream:
     text: str = ""
     finalizing: bool = False
     backlog: deque = field(default_factory=deque)
-
-    def join_pending(self) -> None:
-        if self.pending:
-            fed = np.frombuffer(b"".join(self.pending), dtype="<i2").astype(np.float32) / 32768.0
-            self.audio = np.concatenate([self.audio, fed])
-            self.pending = []
 
 
 @dataclass
@@ -79,6 +73,13 @@ class _Batch:
     lengths: torch.Tensor
     prepare_s: float  # how long preparing took (the features phase of the step's times)
     times: list[float] = field(default_factory=list)
+
+
+@dataclass
+class _Running:
+    """A launched batch: its encoder step is queued on the GPU, its decoding not yet done."""
+    batch: _Batch
+    output: StepOutput
 
 
 class StepStats:
@@ -182,9 +183,9 @@ class Engine(StreamCommands):
     def _run(self) -> None:
         try:
             with torch.inference_mode():
-                prepared: _Batch | None = None
+                running: _Running | None = None
                 while not self._stop:
-                    prepared = self._tick(prepared)
+                    running = self._tick(running)
                     self.heartbeat = time.monotonic()
         except Exception as exc:  # noqa: BLE001 - any failure here is fatal for the service
             logger.opt(exception=exc).critical(f"ASR engine failed: {exc}")
@@ -193,20 +194,17 @@ class Engine(StreamCommands):
                 self._outgoing.append((stream, Result("error", f"speech recognition engine failed: {exc}")))
             self._hand_over()
 
-    def _tick(self, prepared: _Batch | None) -> _Batch | None:
-        """Run one batch; return the next one if look-ahead prepared it while this one ran."""
+    def _tick(self, running: _Running | None) -> _Running | None:
+        """Finish the running step (launching one if none runs); return the step launched after it
+        if look-ahead prepared one."""
         self._take_commands(block=False)
-        if prepared and prepared.kind not in FINAL_KINDS and self._finalizing_outside(prepared):
-            self._release(prepared)  # a hard reset came in since: its final goes first
-            prepared = None
-        elif prepared and prepared.kind in FINAL_KINDS:
-            prepared = self._grow(prepared)
-        batch = prepared or self._prepare_next()
-        if batch is None:
-            self._hand_over()
-            self._take_commands(block=True)
-            return None
-        output = self._launch(batch)
+        if running is None:
+            batch = self._prepare_next()
+            if batch is None:
+                self._hand_over()
+                self._take_commands(block=True)
+                return None
+            running = self._launch(batch)
         following = None
         if self.look_ahead:
             # While the GPU runs it, take the commands that came in and prepare the next batch from
@@ -214,10 +212,28 @@ class Engine(StreamCommands):
             # this step.
             self._take_commands(block=False)
             following = self._prepare_next()
-        self._complete(batch, output)
-        self._release(batch)
+        emitted = self._decode(running)
+        launched = None
+        if following is not None:
+            # The GPU is done with this step: give it the next one before making this one's results
+            # (in a burst of hard resets a step's results took as long as a quarter of its encoder).
+            self._take_commands(block=False)
+            following = self._latest(following)
+            launched = self._launch(following) if following else None
+        self._deliver(running.batch, emitted)
+        self._release(running.batch)
         self._hand_over()
-        return following
+        return launched
+
+    def _latest(self, batch: _Batch) -> _Batch | None:
+        """A prepared batch as it should launch now: dropped if a hard reset came in since (its final
+        goes first), grown by the finals of its kind that came in since if it is a final batch."""
+        if batch.kind not in FINAL_KINDS:
+            if self._finalizing_outside(batch):
+                self._release(batch)
+                return None
+            return batch
+        return self._grow(batch)
 
     def _release(self, batch: _Batch) -> None:
         """The batch is done with (run or dropped): closes that waited for its streams apply now."""
@@ -261,7 +277,7 @@ class Engine(StreamCommands):
         elif stream.finalizing:
             stream.backlog.append((action, payload))
         elif action == "audio":
-            stream.pending.append(payload)
+            stream.pcm += payload
             stream.total += len(payload) // 2
         elif action == "finalize":
             stream.finalizing = True
@@ -323,8 +339,7 @@ class Engine(StreamCommands):
         requests = []
         for step in steps:
             self._held.add(step.stream.id)
-            step.stream.join_pending()
-            requests.append(FrameRequest(step.stream.audio, step.stream.origin, step.stream.total,
+            requests.append(FrameRequest(step.stream.pcm, step.stream.origin, step.stream.total,
                                          step.first, step.count))
         features = self.model.featurizer.frames(requests, self.model.kinds[kind].frames)
         lengths = index_tensor([step.count for step in steps], self.model.device)
@@ -332,20 +347,25 @@ class Engine(StreamCommands):
             self.model.synchronize()
         return _Batch(kind, steps, features, lengths, time.perf_counter() - started)
 
-    def _launch(self, batch: _Batch) -> StepOutput:
+    def _launch(self, batch: _Batch) -> _Running:
         batch.times = [time.perf_counter() - batch.prepare_s, time.perf_counter()]
         output = self.model.encode(batch.kind, batch.features, batch.lengths,
                                    [step.stream.slot for step in batch.steps])
         if self.timed_steps:
             self.model.synchronize()
         batch.times.append(time.perf_counter())
-        return output
+        return _Running(batch, output)
 
-    def _complete(self, batch: _Batch, output: StepOutput) -> None:
-        """Decode the batch's chunk and turn new tokens into results."""
-        kind, steps, times = batch.kind, batch.steps, batch.times
-        emitted = self.model.decode(output)
-        times.append(time.perf_counter())
+    def _decode(self, running: _Running) -> list[list[int]]:
+        """The tokens each stream of the step emitted (waits for the GPU)."""
+        emitted = self.model.decode(running.output)
+        running.batch.times.append(time.perf_counter())
+        return emitted
+
+    def _deliver(self, batch: _Batch, emitted: list[list[int]]) -> None:
+        """Turn a decoded step's new tokens into results."""
+        started = time.perf_counter()
+        kind, steps = batch.kind, batch.steps
         for step, new_tokens in zip(steps, emitted, strict=True):
             stream = step.stream
             stream.started = True
@@ -365,8 +385,9 @@ class Engine(StreamCommands):
                                                             self._heard_ms(stream))))
         if kind in FINAL_KINDS:
             self._finish_utterances([step.stream for step in steps])
-        times.append(time.perf_counter())
-        self.stats.add(kind, len(steps), times)
+        # the results phase alone: a step launched since ran between decoding and this
+        batch.times.append(batch.times[-1] + time.perf_counter() - started)
+        self.stats.add(kind, len(steps), batch.times)
 
     def _hand_over(self) -> None:
         """Deliver the results made so far: directly, or in one hand-off per event loop."""
@@ -378,7 +399,7 @@ class Engine(StreamCommands):
     def _drop_used_audio(self, stream: _Stream) -> None:
         keep_from = self.model.featurizer.oldest_sample_needed(stream.consumed - self.model.pre)
         if keep_from > stream.origin:
-            stream.audio = stream.audio[keep_from - stream.origin:]
+            del stream.pcm[:2 * (keep_from - stream.origin)]
             stream.origin = keep_from
 
     def _audio_ms(self, stream: _Stream) -> float:

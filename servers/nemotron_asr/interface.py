@@ -52,8 +52,8 @@ class StreamCommands:
     def feed(self, stream_id: int, pcm16: bytes) -> None:
         if len(pcm16) % 2:
             raise ValueError("16-bit PCM comes in whole samples (an even number of bytes)")
-        # Converted by the engine once per step and stream: the caller is usually the event loop,
-        # whose every microsecond per frame counts.
+        # Kept as 16-bit PCM until a batch's samples reach the device: the caller is usually the
+        # event loop, whose every microsecond per frame counts.
         self.enqueue("audio", stream_id, pcm16)
 
     def finalize(self, stream_id: int) -> None:

@@ -125,7 +125,7 @@ def test_chunk_cost_does_not_grow_with_utterance_length(tiny_asr_model):
 
     def spy(stream):
         engine._drop_used_audio_original(stream)
-        kept.append(len(stream.audio))
+        kept.append(len(stream.pcm) // 2)
     engine._drop_used_audio = spy
     engine.start()
     try:
@@ -136,32 +136,37 @@ def test_chunk_cost_does_not_grow_with_utterance_length(tiny_asr_model):
     assert max(kept) <= max(kept[:10]) + 2 * 2560  # 20 s of audio, the window stays one chunk wide
 
 
-def test_a_hard_reset_during_a_step_is_prepared_next_and_a_close_waits_for_the_step(tiny_asr_model):
+def test_a_hard_reset_during_a_step_is_launched_next_and_a_close_waits_for_the_step(tiny_asr_model):
     model = StreamingModel(tiny_asr_model, 1, max_streams=2)
     model.capture()
     engine = Engine(model, max_batch=2, look_ahead=True)  # not started: the test drives its calls
-    launch, complete = engine._launch, engine._complete
-    open_during_step = []
+    launch, deliver = engine._launch, engine._deliver
+    open_during_step, order = [], []
 
     def launch_then_commands(batch):
-        output = launch(batch)
-        engine.finalize(short)  # both arrive while the step runs
-        engine.close(long)
-        return output
+        order.append(("launch", batch.kind))
+        running = launch(batch)
+        if len(order) == 1:
+            engine.finalize(short)  # both arrive while the first step runs
+            engine.close(long)
+        return running
 
-    def complete_and_look(batch, output):
+    def deliver_and_look(batch, emitted):
+        order.append(("deliver", batch.kind))
         open_during_step.append(long in engine._streams)
-        complete(batch, output)
+        deliver(batch, emitted)
 
-    engine._launch, engine._complete = launch_then_commands, complete_and_look
+    engine._launch, engine._deliver = launch_then_commands, deliver_and_look
     with torch.inference_mode():  # as on the engine thread
         long, short = engine.open(lambda result: None), engine.open(lambda result: None)
         engine.feed(long, to_pcm(speechlike_audio(1.0, seed=0)))
         engine.feed(short, to_pcm(speechlike_audio(0.05, seed=1)))  # less than a first chunk
-        following = engine._tick(None)  # runs long's first step
+        running = engine._tick(None)  # runs long's first step
     assert open_during_step == [True]  # its close waited for the step that held its cache slot
     assert long not in engine._streams and len(model.pool.free) == 1
-    assert following.kind == "final_first" and [step.stream.id for step in following.steps] == [short]
+    # the final was prepared during the step and launched before the step's results were made
+    assert order == [("launch", "first"), ("launch", "final_first"), ("deliver", "first")]
+    assert running.batch.kind == "final_first" and [step.stream.id for step in running.batch.steps] == [short]
 
 
 def test_a_final_goes_before_other_streams_ready_steps(tiny_asr_model):
@@ -203,7 +208,9 @@ def test_finals_arriving_after_a_final_batch_was_prepared_join_it(tiny_asr_model
         prepared = engine._prepare_next()  # as while another step runs
         engine.finalize(ids[1])  # these two come in after it was prepared
         engine.finalize(ids[2])
-        assert engine._tick(prepared) is None
+        engine._take_commands(block=False)
+        running = engine._launch(engine._latest(prepared))
+        assert engine._tick(running) is None
     assert launched == [("final_first", ids)]  # one step for the three, not two
     assert [texts[i] for i in range(3)] == [model.transcribe_offline(pcm_as_float(pcm)) for pcm in pcms]
 
