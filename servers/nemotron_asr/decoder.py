@@ -29,6 +29,27 @@ def _copy_into(target, index: torch.Tensor, source, dim: int) -> None:
         target.index_copy_(dim, index, source.narrow(dim, 0, index.numel()).to(target.dtype))
 
 
+def _first_row(state):
+    index = torch.zeros(1, dtype=torch.long, device=state.labels.device)
+    return type(state)(predictor_states=_select(state.predictor_states, index, 1),
+                       predictor_outputs=state.predictor_outputs.index_select(0, index),
+                       labels=state.labels.index_select(0, index),
+                       decoded_lengths=state.decoded_lengths.index_select(0, index),
+                       fusion_states_list=[f.index_select(0, index) for f in state.fusion_states_list],
+                       time_jumps=None)
+
+
+def _copy_rows(target, index: torch.Tensor, row, dim: int) -> None:
+    """Copy the single row of ``row`` into ``target`` at every position of ``index``."""
+    if isinstance(target, (tuple, list)):
+        for t, r in zip(target, row, strict=True):
+            _copy_rows(t, index, r, dim)
+    else:
+        shape = list(row.shape)
+        shape[dim] = index.numel()
+        target.index_copy_(dim, index, row.to(target.dtype).expand(shape))
+
+
 class DecoderPool:
     def __init__(self, model, slots: int, device: torch.device, chunk_frames: int) -> None:
         greedy = model.decoding.decoding
@@ -45,11 +66,24 @@ class DecoderPool:
         self.device = device
         self.slots = slots
         self.state = self.computer._get_batched_decoding_state_after_sos(device=device, batch_size=slots)
+        # A fresh stream's state: the prediction network after <SOS>, the same for every stream (one
+        # row of it computed at the whole batch, as NeMo's own reset computes it, to the last bit).
+        self.fresh = _first_row(self.computer._get_batched_decoding_state_after_sos(device=device,
+                                                                                   batch_size=slots))
 
     def reset(self, slots: list[int]) -> None:
-        mask = torch.zeros(self.slots, dtype=torch.bool, device=self.device)
-        mask[index_tensor(slots, self.device)] = True
-        self.computer.reset_state_by_mask(self.state, mask)
+        """Fresh decoder state for new utterances in ``slots``.
+
+        NeMo's ``reset_state_by_mask`` runs the prediction network over every slot for each reset
+        and selects by mask; copying the one fresh row only into the slots is the same state, in a
+        few copies that never wait for the GPU (the engine resets streams while the next step runs).
+        """
+        index = index_tensor(slots, self.device)
+        _copy_rows(self.state.predictor_states, index, self.fresh.predictor_states, 1)
+        _copy_rows(self.state.predictor_outputs, index, self.fresh.predictor_outputs, 0)
+        _copy_rows(self.state.labels, index, self.fresh.labels, 0)
+        _copy_rows(self.state.decoded_lengths, index, self.fresh.decoded_lengths, 0)
+        _copy_rows(self.state.fusion_states_list, index, self.fresh.fusion_states_list, 0)
 
     def _gather(self, index: torch.Tensor):
         state = self.state

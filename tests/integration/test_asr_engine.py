@@ -90,6 +90,34 @@ def test_the_decoders_preallocated_state_is_sized_for_a_chunk_and_decodes_as_off
     assert finals == [[text] for text in offline]
 
 
+@torch.inference_mode()  # as on the engine thread
+def test_resetting_streams_decoder_state_equals_nemos_reset_by_mask(tiny_asr_model):
+    model = StreamingModel(tiny_asr_model, 1, max_streams=6)
+    pool = model.decoder
+    generator = torch.Generator().manual_seed(0)
+
+    def scrambled(tensor):
+        if tensor.dtype.is_floating_point:
+            return torch.randn(tensor.shape, generator=generator).to(tensor.dtype)
+        return torch.randint(0, 50, tensor.shape, generator=generator).to(tensor.dtype)
+
+    state = pool.state  # as after some decoding: every slot's state differs from a fresh one
+    tensors = (*state.predictor_states, state.predictor_outputs, state.labels, state.decoded_lengths)
+    for tensor in tensors:
+        tensor.copy_(scrambled(tensor))
+    expected = type(state)(predictor_states=tuple(t.clone() for t in state.predictor_states),
+                           predictor_outputs=state.predictor_outputs.clone(), labels=state.labels.clone(),
+                           decoded_lengths=state.decoded_lengths.clone(),
+                           fusion_states_list=[f.clone() for f in state.fusion_states_list], time_jumps=None)
+    pool.computer.reset_state_by_mask(expected, torch.tensor([False, True, False, False, True, False]))
+    pool.reset([1, 4])
+    nemos = (*expected.predictor_states, expected.predictor_outputs, expected.labels,
+             expected.decoded_lengths)
+    for ours, theirs in zip(tensors, nemos, strict=True):
+        assert torch.equal(ours, theirs)
+    assert not torch.equal(state.labels[[0, 2]], torch.full((2,), pool.computer._SOS))  # the others kept
+
+
 def _recording(function, after):
     def wrapped(*args, **kwargs):
         result = function(*args, **kwargs)
