@@ -5,7 +5,9 @@ as a subprocess, waits for READY (``/health`` 200), drives it with ``bench/asr_l
 stream count, stops it with SIGTERM, and writes a JSON file and a Markdown table. Random weights:
 only the timings mean anything. ``--instances N`` starts N servers on consecutive ports, each sized
 for its share of the largest level, and splits every level's streams evenly between them: several
-engine processes on one GPU.
+engine processes on one GPU. ``--against DIR`` loads DIR's servers alongside (another checkout's)
+and alternates every level's rounds between the two, so that the machine's drift during a call
+falls on both alike.
 
     python bench/asr_bench.py --shape real --streams 1,64,256,512 --out results/
 """
@@ -71,14 +73,17 @@ def _steps_between(before: dict, after: dict) -> dict:
               help="rounds per level; percentiles over all of them (one stream's level is one final a round)")
 @click.option("--instances", default=1, show_default=True,
               help="servers on one device, each taking an equal share of every level's streams")
+@click.option("--against", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="another checkout's servers, loaded alongside in each mode; every level's rounds "
+                   "alternate between the two (the comparison a change that should speed ASR up needs)")
 @click.option("--step-timing/--no-step-timing", default=False, show_default=True,
               help="exact per-phase step times in the results (the server then syncs the GPU each phase)")
 @click.option("--spread-ms", default=0.0, show_default=True,
               help="start each level's streams evenly over this window (0: together, the worst case "
                    "for time to final: every reset lands at once)")
 def main(shape, model_path, modes, streams, seconds, frame_ms, large_frame_ms, procs, right_context,
-         out, servers, port, repeats, instances, step_timing, spread_ms) -> None:
-    from asr_load import run_level
+         out, servers, port, repeats, instances, against, step_timing, spread_ms) -> None:
+    from asr_load import run_alternating
     from serving import device_name, host_name, server_env, stop, wait_ready
 
     out.mkdir(parents=True, exist_ok=True)
@@ -95,44 +100,53 @@ def main(shape, model_path, modes, streams, seconds, frame_ms, large_frame_ms, p
     report = {"device": device_name(), "host": host_name(), "model": model_path.name,
               "right_context": right_context, "servers": str(servers), "instances": instances, "runs": {}}
     capacity = -(-max(counts) // instances)
-    ports = [port + i for i in range(instances)]
+    sides = {"": servers, **({" against": against} if against else {})}  # a run's name: mode + side
     for mode in modes.split(","):
-        processes = []
-        for index, server_port in enumerate(ports):
-            name = f"server-{mode}" + (f"-{index + 1}" if instances > 1 else "")
-            processes.append(subprocess.Popen(
-                [sys.executable, "-m", "nemotron_asr", "--model", str(model_path), "--port", str(server_port),
-                 "--right-context", str(right_context), "--max-sessions", str(capacity),
-                 "--max-batch", str(capacity), *MODES[mode], *(["--step-timing"] if step_timing else [])],
-                stdout=(out / f"{name}.log").open("w"), stderr=subprocess.STDOUT,
-                env=server_env("asr", servers)))
+        ports, processes = {}, {}
+        for number, (side, side_servers) in enumerate(sides.items()):
+            ports[side] = [port + number * instances + i for i in range(instances)]
+            processes[side] = []
+            for index, server_port in enumerate(ports[side]):
+                name = f"server-{mode}{side.replace(' ', '-')}" + (f"-{index + 1}" if instances > 1 else "")
+                processes[side].append(subprocess.Popen(
+                    [sys.executable, "-m", "nemotron_asr", "--model", str(model_path), "--port",
+                     str(server_port), "--right-context", str(right_context), "--max-sessions", str(capacity),
+                     "--max-batch", str(capacity), *MODES[mode], *(["--step-timing"] if step_timing else [])],
+                    stdout=(out / f"{name}.log").open("w"), stderr=subprocess.STDOUT,
+                    env=server_env("asr", side_servers)))
         try:
-            ready_s = max(wait_ready(server_port, process, 900)
-                          for server_port, process in zip(ports, processes, strict=True))
-            click.echo(f"{mode}: {instances} server(s) ready after {ready_s:.0f} s", err=True)
-            rows = []
-            health = [_health(server_port) for server_port in ports]
+            ready_s = {side: max(wait_ready(server_port, process, 900) for server_port, process
+                                 in zip(ports[side], processes[side], strict=True)) for side in sides}
+            started = len(sides) * instances
+            click.echo(f"{mode}: {started} server(s) ready after {max(ready_s.values()):.0f} s", err=True)
+            rows = {side: [] for side in sides}
+            health = {side: [_health(server_port) for server_port in ports[side]] for side in sides}
             for count in counts:
                 size = frame_ms if count < 128 else large_frame_ms
+                urls = {side: [f"ws://127.0.0.1:{server_port}/" for server_port in ports[side]]
+                        for side in sides}
                 try:
-                    row = run_level([f"ws://127.0.0.1:{server_port}/" for server_port in ports], count,
-                                    seconds, size, procs, 500.0, spread_ms, repeats)
+                    level = run_alternating(urls, count, seconds, size, procs, 500.0, spread_ms, repeats)
                 except Exception as exc:  # noqa: BLE001 - record it, dump the servers' threads, go on
-                    for process in processes:
+                    for process in (p for group in processes.values() for p in group):
                         process.send_signal(signal.SIGUSR1)
                     time.sleep(2)
-                    row = {"streams": count, "frame_ms": size, "error": f"{type(exc).__name__}: {exc}"}
+                    error = f"{type(exc).__name__}: {exc}"
+                    level = {side: {"streams": count, "frame_ms": size, "error": error} for side in sides}
                 time.sleep(1.2)  # the engine process reports its step statistics once a second
-                before, health = health, [_health(server_port) for server_port in ports]
-                steps = [_steps_between(then.get("steps", {}), now.get("steps", {}))
-                         for then, now in zip(before, health, strict=True)]
-                row["steps"] = steps[0] if instances == 1 else steps
-                click.echo(f"{mode}: {json.dumps(row)}", err=True)
-                rows.append(row)
-            report["runs"][mode] = {"ready_s": round(ready_s, 1), "rows": rows,
-                                    "health": health[0] if instances == 1 else health}
+                for side, row in level.items():
+                    before, health[side] = health[side], [_health(server_port) for server_port in ports[side]]
+                    steps = [_steps_between(then.get("steps", {}), now.get("steps", {}))
+                             for then, now in zip(before, health[side], strict=True)]
+                    row["steps"] = steps[0] if instances == 1 else steps
+                    click.echo(f"{mode}{side}: {json.dumps(row)}", err=True)
+                    rows[side].append(row)
+            for side, side_servers in sides.items():
+                report["runs"][mode + side] = {
+                    "servers": str(side_servers), "ready_s": round(ready_s[side], 1), "rows": rows[side],
+                    "health": health[side][0] if instances == 1 else health[side]}
         finally:
-            for process in processes:
+            for process in (p for group in processes.values() for p in group):
                 stop(process)
         (out / "asr_bench.json").write_text(json.dumps(report, indent=1))
     spread = f", stream starts spread over {spread_ms:g} ms" if spread_ms else ""
@@ -151,6 +165,15 @@ def main(shape, model_path, modes, streams, seconds, frame_ms, large_frame_ms, p
                 silent.append(f"{mode} at {r['streams']} streams")
             cells = [mode] + [r.get(k) for k in keys]
             lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    with_rounds = [(mode, r) for mode, run in report["runs"].items() for r in run["rows"] if r.get("rounds")]
+    if with_rounds:
+        lines += ["", "| mode | streams | each round's p50 / p95 ms, in the order run |", "|---|---|---|"]
+        lines += [f"| {mode} | {r['streams']} | "
+                  + ", ".join(f"{x['ttf_p50_ms']} / {x.get('ttf_p95_ms')}" for x in r["rounds"]) + " |"
+                  for mode, r in with_rounds]
+    if against:
+        lines += ["", f"'against': the servers in {against}, loaded alongside; every level's rounds "
+                  "alternated between the two."]
     (out / "asr_bench.md").write_text("\n".join(lines) + "\n")
     click.echo("\n".join(lines))
     if silent:  # a model that says nothing skips the decoding and messaging work a real one does

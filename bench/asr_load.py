@@ -126,10 +126,28 @@ def run_level(urls: str | list[str], streams: int, seconds: float, frame_ms: int
     round. With several ``urls`` the client processes take them in turn, so each server gets an
     equal share."""
     urls = [urls] if isinstance(urls, str) else urls
+    return run_alternating({"": urls}, streams, seconds, frame_ms, procs, realtime_ttf_ms, spread_ms,
+                           repeats)[""]
+
+
+def run_alternating(sides: dict[str, list[str]], streams: int, seconds: float, frame_ms: int, procs: int,
+                    realtime_ttf_ms: float, spread_ms: float = 0.0, repeats: int = 1) -> dict[str, dict]:
+    """The level of ``run_level`` on each side's servers, the sides' rounds alternating (A, B, A, B,
+    ...), so that whatever drifts on the machine during a call falls on every side alike; a row per
+    side."""
     frame_bytes = 32 * frame_ms
-    procs = -(-max(procs, len(urls)) // len(urls)) * len(urls)  # a multiple of the servers
-    procs = max(1, min(procs, streams))
-    rounds = [_round(urls, streams, seconds, frame_bytes, procs, spread_ms) for _ in range(repeats)]
+    rounds: dict[str, list[list[dict]]] = {side: [] for side in sides}
+    for _ in range(repeats):
+        for side, urls in sides.items():
+            side_procs = -(-max(procs, len(urls)) // len(urls)) * len(urls)  # a multiple of the servers
+            side_procs = max(1, min(side_procs, streams))
+            rounds[side].append(_round(urls, streams, seconds, frame_bytes, side_procs, spread_ms))
+    return {side: _row(rounds[side], len(sides[side]), streams, seconds, frame_ms, realtime_ttf_ms,
+                       spread_ms) for side in sides}
+
+
+def _row(rounds: list[list[dict]], servers: int, streams: int, seconds: float, frame_ms: int,
+         realtime_ttf_ms: float, spread_ms: float) -> dict:
     results = [result for round_results in rounds for result in round_results]
     ttf = _ttfs(results)
     errors = [r["error"] for r in results if r["error"]]
@@ -142,11 +160,12 @@ def run_level(urls: str | list[str], streams: int, seconds: float, frame_ms: int
             "mean_interims": round(sum(r["interims"] for r in results) / len(results), 1),
             "words_per_second": round(sum(r["words"] for r in results) / len(results) / seconds, 2),
             "chars_per_second": round(sum(r["chars"] for r in results) / len(results) / seconds, 1),
-            **({"servers": len(urls)} if len(urls) > 1 else {}),
+            **({"servers": servers} if servers > 1 else {}),
             **({"start_spread_ms": spread_ms} if spread_ms else {}),
             **({"rounds": [{"ttf_p50_ms": percentile(_ttfs(round_results), 50),
+                            "ttf_p95_ms": percentile(_ttfs(round_results), 95),
                             "realtime_streams": _realtime(round_results, realtime_ttf_ms, frame_ms)}
-                           for round_results in rounds]} if repeats > 1 else {})}
+                           for round_results in rounds]} if len(rounds) > 1 else {})}
 
 
 @click.command()

@@ -7,7 +7,10 @@
 #   bash bench/device_run.sh asr tts            # about 8 minutes on an H200
 #   bash bench/device_run.sh tts-probes asr-profile
 # Parts: asr (eager and graphs, 1-512 streams), asr-graphs (graphs, 1-512 streams), asr-baseline
-# (the same with the servers in $BASELINE_SERVERS), tts-cfg and tts-baseline (CFG, 1/16/64 streams,
+# (the same with the servers in $BASELINE_SERVERS), asr-ab (graphs,
+# this checkout's servers and $BASELINE_SERVERS' loaded together, each level's rounds alternating;
+# 512 and 1,024 streams, 3 rounds each, unless ASR_STREAMS and ASR_REPEATS say otherwise),
+# tts-cfg and tts-baseline (CFG, 1/16/64 streams,
 # 3 rounds, this checkout's servers and $BASELINE_SERVERS'), tts-staggered (16 and 64 clients
 # starting over 2 s: fixed batches, continuous batching, continuous joining at once, or
 # $STAGGERED_CONFIGS), asr-spread (graphs, starts spread over one 160 ms chunk), tts (CFG and no CFG,
@@ -54,6 +57,10 @@ for part in "$@"; do
                           --streams "${ASR_STREAMS:-1,16,64,256,512}" --repeats "${ASR_REPEATS:-1}" \
                           --servers "${BASELINE_SERVERS:?the baseline servers directory}" \
                           --out "$(fresh asr-baseline)" 2>&1 | tail -7 ;;
+        asr-ab) timeout 560 python bench/asr_bench.py --model /tmp/asr-real.nemo --modes graphs \
+                    --streams "${ASR_STREAMS:-512,1024}" --repeats "${ASR_REPEATS:-3}" \
+                    --against "${BASELINE_SERVERS:?the baseline servers directory}" \
+                    --out "$(fresh asr-ab)" 2>&1 | grep -v '^graphs' | tail -12 ;;
         asr-spread) timeout 200 python bench/asr_bench.py --model /tmp/asr-real.nemo --modes graphs \
                         --streams 256,512 --spread-ms 160 --out "$(fresh asr-spread)" 2>&1 | tail -5 ;;
         tts) timeout 300 python bench/tts_bench.py --model /tmp/tts-real.nemo --configs cfg,no-cfg \

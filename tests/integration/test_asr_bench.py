@@ -33,3 +33,41 @@ def test_two_servers_share_the_streams_in_rounds_and_every_stream_talks(tiny_asr
         assert sum(kind["streams"] for name, kind in steps.items() if name.startswith("final")) == 4, steps
     assert (tmp_path / "server-eager-1.log").exists() and (tmp_path / "server-eager-2.log").exists()
     assert "| eager | 4 |" in (tmp_path / "asr_bench.md").read_text()
+
+
+def test_against_alternates_rounds_between_two_checkouts_servers(tiny_asr_model, tmp_path):
+    servers = Path(__file__).parents[2] / "servers"
+    run = subprocess.run([sys.executable, str(BENCH), "--model", str(tiny_asr_model), "--modes", "eager",
+                          "--streams", "2", "--seconds", "2", "--procs", "1", "--repeats", "2",
+                          "--against", str(servers), "--port", str(free_port()), "--out", str(tmp_path)],
+                         capture_output=True, text=True, timeout=400)
+    assert run.returncode == 0, run.stderr[-3000:]
+    report = json.loads((tmp_path / "asr_bench.json").read_text())
+    assert set(report["runs"]) == {"eager", "eager against"}
+    assert report["runs"]["eager against"]["servers"] == str(servers)
+    for run_report in report["runs"].values():
+        (row,) = run_report["rows"]
+        assert (row["errors"], [r["realtime_streams"] for r in row["rounds"]]) == (0, [2, 2]), row
+        # this server ran only its own rounds' finals: two streams in each of two rounds
+        assert sum(kind["streams"] for name, kind in row["steps"].items() if name.startswith("final")) == 4
+    assert (tmp_path / "server-eager-against.log").exists()
+    assert "| eager against | 2 |" in (tmp_path / "asr_bench.md").read_text()
+
+
+def test_a_levels_rounds_alternate_between_the_sides(monkeypatch):
+    sys.path.insert(0, str(BENCH.parent))
+    import asr_load
+
+    calls = []
+
+    def fake_round(urls, streams, seconds, frame_bytes, procs, spread_ms):
+        calls.append(urls[0])
+        result = {"ttf_ms": 10.0 * len(calls), "late_ms": 0.0, "error": None, "interims": 1, "words": 1,
+                  "chars": 4}
+        return [result] * streams
+
+    monkeypatch.setattr(asr_load, "_round", fake_round)
+    rows = asr_load.run_alternating({"a": ["ws://a/"], "b": ["ws://b/"]}, 2, 1.0, 20, 1, 500.0, repeats=3)
+    assert calls == ["ws://a/", "ws://b/"] * 3
+    assert [r["ttf_p50_ms"] for r in rows["a"]["rounds"]] == [10.0, 30.0, 50.0]
+    assert [r["ttf_p50_ms"] for r in rows["b"]["rounds"]] == [20.0, 40.0, 60.0]
