@@ -126,6 +126,9 @@ class Engine(StreamCommands):
         self._held: set[int] = set()  # streams in a prepared or running batch
         self._closes_waiting: deque = deque()  # closes of held streams, applied once released
         self._streams: dict[int, _Stream] = {}
+        # Streams with a hard reset to serve: checked between a step's decoding and the next launch,
+        # while the GPU waits, so not found by a walk over every stream.
+        self._finalizing: set[int] = set()
         self._outgoing: list[tuple[_Stream, Result]] = []  # results not yet handed to their streams
         self._ids = itertools.count(1)
         self._thread = threading.Thread(target=self._run, name="asr-engine", daemon=True)
@@ -274,6 +277,7 @@ class Engine(StreamCommands):
                 return
             self.model.pool.release(stream.slot)
             del self._streams[stream_id]
+            self._finalizing.discard(stream_id)
         elif stream.finalizing:
             stream.backlog.append((action, payload))
         elif action == "audio":
@@ -281,6 +285,7 @@ class Engine(StreamCommands):
             stream.total += len(payload) // 2
         elif action == "finalize":
             stream.finalizing = True
+            self._finalizing.add(stream_id)
         elif action == "current":
             self._outgoing.append((stream, Result("current", stream.text, self._audio_ms(stream))))
 
@@ -300,11 +305,11 @@ class Engine(StreamCommands):
             return _Step(stream, "final_first", 0, end)
         return _Step(stream, "final", stream.consumed - model.pre, model.pre + end - stream.consumed)
 
-    def _ready_steps(self) -> dict[str, list[_Step]]:
-        """Each kind's ready steps of the streams no batch holds. Utterances that ended with no
-        frames left to encode are finished here."""
+    def _ready_steps(self, streams: list[_Stream] | None = None) -> dict[str, list[_Step]]:
+        """Each kind's ready steps of the streams no batch holds (of ``streams`` if given, else of
+        all). Utterances that ended with no frames left to encode are finished here."""
         by_kind: dict[str, list[_Step]] = {}
-        for stream in self._streams.values():
+        for stream in self._streams.values() if streams is None else streams:
             if stream.id not in self._held and (step := self._next_step(stream)):
                 by_kind.setdefault(step.kind, []).append(step)
         if done := by_kind.pop("done", None):
@@ -322,7 +327,8 @@ class Engine(StreamCommands):
         """A final batch prepared while the last step ran, joined by the finals of its kind that
         came in since (their features only). Hard resets that arrive over a few milliseconds, as
         when many streams end together, then go in one step instead of waiting for the next."""
-        more = self._ready_steps().get(batch.kind, [])[:self.max_batch - len(batch.steps)]
+        finalizing = [self._streams[stream_id] for stream_id in self._finalizing]
+        more = self._ready_steps(finalizing).get(batch.kind, [])[:self.max_batch - len(batch.steps)]
         if not more:
             return batch
         extra = self._prepare(batch.kind, more)
@@ -331,8 +337,10 @@ class Engine(StreamCommands):
 
     def _finalizing_outside(self, batch: _Batch) -> bool:
         """Whether a stream not in ``batch`` has a hard reset to serve."""
+        if not self._finalizing:
+            return False
         inside = {step.stream.id for step in batch.steps}
-        return any(stream.finalizing and stream.id not in inside for stream in self._streams.values())
+        return any(stream_id not in inside for stream_id in self._finalizing)
 
     def _prepare(self, kind: str, steps: list[_Step]) -> _Batch:
         started = time.perf_counter()
@@ -417,5 +425,6 @@ class Engine(StreamCommands):
         self.model.reset_streams([stream.slot for stream in streams])
         for stream in streams:
             self._streams[stream.id] = _Stream(stream.id, stream.deliver, stream.loop, slot=stream.slot)
+            self._finalizing.discard(stream.id)
             for action, payload in stream.backlog:
                 self._apply(action, stream.id, payload)

@@ -68,6 +68,7 @@ def test_streamed_finals_equal_offline_transcription(tiny_asr_model, right_conte
     assert finals == [[text] for text in offline]
     # streams really shared batched steps
     assert engine.stats.summary()["steady"]["mean_streams"] > 1.5
+    assert not engine._finalizing  # every hard reset was served and forgotten
 
 
 def test_the_decoders_preallocated_state_is_sized_for_a_chunk_and_decodes_as_offline(tiny_asr_model):
