@@ -20,34 +20,30 @@ def _select(value, index: torch.Tensor, dim: int):
 
 
 def _copy_into(target, index: torch.Tensor, source, dim: int) -> None:
-    """Copy rows into ``target`` at ``index``; ``source`` may hold more rows (NeMo's CUDA-graph
-    decoder returns its state at the captured batch size), of which the first ones are ours."""
+    """Copy rows into ``target`` at ``index``: the first rows of ``source`` (NeMo's CUDA-graph
+    decoder returns its state at the captured batch size, of which the first rows are ours), or its
+    one row into every position."""
     if isinstance(target, (tuple, list)):
         for t, s in zip(target, source, strict=True):
             _copy_into(t, index, s, dim)
+        return
+    if source.shape[dim] == 1:
+        shape = list(source.shape)
+        shape[dim] = index.numel()
+        rows = source.expand(shape)
     else:
-        target.index_copy_(dim, index, source.narrow(dim, 0, index.numel()).to(target.dtype))
+        rows = source.narrow(dim, 0, index.numel())
+    target.index_copy_(dim, index, rows.to(target.dtype))
 
 
-def _first_row(state):
-    index = torch.zeros(1, dtype=torch.long, device=state.labels.device)
+def _rows(state, index: torch.Tensor):
+    """The rows ``index`` of a batched decoding state, as a state of their own."""
     return type(state)(predictor_states=_select(state.predictor_states, index, 1),
                        predictor_outputs=state.predictor_outputs.index_select(0, index),
                        labels=state.labels.index_select(0, index),
                        decoded_lengths=state.decoded_lengths.index_select(0, index),
                        fusion_states_list=[f.index_select(0, index) for f in state.fusion_states_list],
                        time_jumps=None)
-
-
-def _copy_rows(target, index: torch.Tensor, row, dim: int) -> None:
-    """Copy the single row of ``row`` into ``target`` at every position of ``index``."""
-    if isinstance(target, (tuple, list)):
-        for t, r in zip(target, row, strict=True):
-            _copy_rows(t, index, r, dim)
-    else:
-        shape = list(row.shape)
-        shape[dim] = index.numel()
-        target.index_copy_(dim, index, row.to(target.dtype).expand(shape))
 
 
 class DecoderPool:
@@ -66,10 +62,9 @@ class DecoderPool:
         self.device = device
         self.slots = slots
         self.state = self.computer._get_batched_decoding_state_after_sos(device=device, batch_size=slots)
-        # A fresh stream's state: the prediction network after <SOS>, the same for every stream (one
-        # row of it computed at the whole batch, as NeMo's own reset computes it, to the last bit).
-        self.fresh = _first_row(self.computer._get_batched_decoding_state_after_sos(device=device,
-                                                                                   batch_size=slots))
+        # A fresh stream's state: the prediction network after <SOS>, the same for every stream (a
+        # copy of one row computed at the whole batch, as NeMo's own reset computes it, to the bit).
+        self.fresh = _rows(self.state, torch.zeros(1, dtype=torch.long, device=device))
 
     def reset(self, slots: list[int]) -> None:
         """Fresh decoder state for new utterances in ``slots``.
@@ -78,37 +73,24 @@ class DecoderPool:
         and selects by mask; copying the one fresh row only into the slots is the same state, in a
         few copies that never wait for the GPU (the engine resets streams while the next step runs).
         """
-        index = index_tensor(slots, self.device)
-        _copy_rows(self.state.predictor_states, index, self.fresh.predictor_states, 1)
-        _copy_rows(self.state.predictor_outputs, index, self.fresh.predictor_outputs, 0)
-        _copy_rows(self.state.labels, index, self.fresh.labels, 0)
-        _copy_rows(self.state.decoded_lengths, index, self.fresh.decoded_lengths, 0)
-        _copy_rows(self.state.fusion_states_list, index, self.fresh.fusion_states_list, 0)
+        self._store(index_tensor(slots, self.device), self.fresh)
 
-    def _gather(self, index: torch.Tensor):
+    def _store(self, index: torch.Tensor, source) -> None:
+        """Write a state's rows (or its one row) into the slots ``index``."""
         state = self.state
-        return type(state)(predictor_states=_select(state.predictor_states, index, 1),
-                           predictor_outputs=state.predictor_outputs.index_select(0, index),
-                           labels=state.labels.index_select(0, index),
-                           decoded_lengths=state.decoded_lengths.index_select(0, index),
-                           fusion_states_list=[f.index_select(0, index) for f in state.fusion_states_list],
-                           time_jumps=None)
-
-    def _scatter(self, index: torch.Tensor, new) -> None:
-        state = self.state
-        _copy_into(state.predictor_states, index, new.predictor_states, 1)
-        _copy_into(state.predictor_outputs, index, new.predictor_outputs, 0)
-        _copy_into(state.labels, index, new.labels, 0)
-        _copy_into(state.decoded_lengths, index, new.decoded_lengths, 0)
-        _copy_into(state.fusion_states_list, index, new.fusion_states_list, 0)
+        _copy_into(state.predictor_states, index, source.predictor_states, 1)
+        _copy_into(state.predictor_outputs, index, source.predictor_outputs, 0)
+        _copy_into(state.labels, index, source.labels, 0)
+        _copy_into(state.decoded_lengths, index, source.decoded_lengths, 0)
+        _copy_into(state.fusion_states_list, index, source.fusion_states_list, 0)
 
     def step(self, encoded: torch.Tensor, encoded_len: torch.Tensor, index: torch.Tensor) -> list[list[int]]:
         """Decode one chunk for the streams in slots ``index``; returns the tokens each one emitted."""
         streams = index.numel()
         with torch.inference_mode():
             hyps, new_state = self.computer(x=encoded.transpose(1, 2), out_len=encoded_len,
-                                            prev_batched_state=self._gather(index))
-            self._scatter(index, new_state)
+                                            prev_batched_state=_rows(self.state, index))
+            self._store(index, new_state)
             lengths, transcript, *_ = hyps.get_data_without_blank()
             lengths = lengths[:streams].cpu().tolist()
             # NeMo's hypotheses are allocated far wider than one chunk's tokens: copy only those
