@@ -21,6 +21,7 @@
 # first audio in process, phase by phase, and the host profile at 128; prefill $PREFILL_ROWS or 128,
 # more probe options in $PROBE_ARGS, e.g. --no-tf32), asr-profile (512-stream step), asr-host-profile (py-spy
 # samples of the served engine at $PROFILE_STREAMS or 1,024 streams; carry py-spy's wheel in .whl),
+# asr-burst (the service's transport alone carrying that many simultaneous resets in and finals out),
 # memory-asr, memory-tts (GPU memory and start time per configured capacity), tts-peak (what is
 # alive at TTS's memory peak, by allocating code; batch $MEMORY_TTS or 64), asr-invariance (one
 # clip as 1-256 identical streams: does the transcript depend on the batch size, float32 and bf16, or
@@ -113,6 +114,9 @@ for part in "$@"; do
         asr-host-profile) timeout 400 python bench/probes/asr_host_profile.py /tmp/asr-real.nemo \
                               --streams "${PROFILE_STREAMS:-1024}" --out "$(fresh asr-host-profile)" 2>&1 |
                               grep -v '^{' | grep -A32 'asr-engine:' ;;
+        asr-burst) python bench/probes/asr_final_burst.py --streams "${PROFILE_STREAMS:-1024}" \
+                       > "$results/asr_final_burst.txt" 2>&1
+                   cat "$results/asr_final_burst.txt" ;;
         asr-profile)
             python bench/probes/asr_step_profile.py /tmp/asr-real.nemo 512 > "$results/asr_profile.txt" 2>&1
             grep -A20 "eager encoder step at" "$results/asr_profile.txt" ;;
