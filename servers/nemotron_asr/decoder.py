@@ -20,20 +20,13 @@ def _select(value, index: torch.Tensor, dim: int):
 
 
 def _copy_into(target, index: torch.Tensor, source, dim: int) -> None:
-    """Copy rows into ``target`` at ``index``: the first rows of ``source`` (NeMo's CUDA-graph
-    decoder returns its state at the captured batch size, of which the first rows are ours), or its
-    one row into every position."""
+    """Copy rows into ``target`` at ``index``; ``source`` may hold more rows (NeMo's CUDA-graph
+    decoder returns its state at the captured batch size), of which the first ones are ours."""
     if isinstance(target, (tuple, list)):
         for t, s in zip(target, source, strict=True):
             _copy_into(t, index, s, dim)
-        return
-    if source.shape[dim] == 1:
-        shape = list(source.shape)
-        shape[dim] = index.numel()
-        rows = source.expand(shape)
     else:
-        rows = source.narrow(dim, 0, index.numel())
-    target.index_copy_(dim, index, rows.to(target.dtype))
+        target.index_copy_(dim, index, source.narrow(dim, 0, index.numel()).to(target.dtype))
 
 
 def _rows(state, index: torch.Tensor):
@@ -62,21 +55,25 @@ class DecoderPool:
         self.device = device
         self.slots = slots
         self.state = self.computer._get_batched_decoding_state_after_sos(device=device, batch_size=slots)
-        # A fresh stream's state: the prediction network after <SOS>, the same for every stream (a
-        # copy of one row computed at the whole batch, as NeMo's own reset computes it, to the bit).
-        self.fresh = _rows(self.state, torch.zeros(1, dtype=torch.long, device=device))
+        # Every slot's fresh state: the prediction network after <SOS>, computed once as NeMo's own
+        # reset computes it on the engine thread, for the whole batch and without autograd. The rows
+        # of one batched product may differ in the last bit (a CPU's matrix kernels treat some rows
+        # apart), so each slot is reset from its own row.
+        with torch.inference_mode():
+            self.fresh = self.computer._get_batched_decoding_state_after_sos(device=device, batch_size=slots)
 
     def reset(self, slots: list[int]) -> None:
         """Fresh decoder state for new utterances in ``slots``.
 
         NeMo's ``reset_state_by_mask`` runs the prediction network over every slot for each reset
-        and selects by mask; copying the one fresh row only into the slots is the same state, in a
-        few copies that never wait for the GPU (the engine resets streams while the next step runs).
+        and selects by mask; copying the slots' fresh rows is the same state, in a few copies that
+        never wait for the GPU (the engine resets streams while the next step runs).
         """
-        self._store(index_tensor(slots, self.device), self.fresh)
+        index = index_tensor(slots, self.device)
+        self._store(index, _rows(self.fresh, index))
 
     def _store(self, index: torch.Tensor, source) -> None:
-        """Write a state's rows (or its one row) into the slots ``index``."""
+        """Write a state's first rows into the slots ``index``."""
         state = self.state
         _copy_into(state.predictor_states, index, source.predictor_states, 1)
         _copy_into(state.predictor_outputs, index, source.predictor_outputs, 0)
