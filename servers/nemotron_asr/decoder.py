@@ -53,14 +53,15 @@ class DecoderPool:
         self.computer.INITIAL_MAX_TIME = chunk_frames
         self.decoding = model.decoding
         self.device = device
-        self.slots = slots
-        self.state = self.computer._get_batched_decoding_state_after_sos(device=device, batch_size=slots)
         # Every slot's fresh state: the prediction network after <SOS>, computed once as NeMo's own
         # reset computes it on the engine thread, for the whole batch and without autograd. The rows
         # of one batched product may differ in the last bit (a CPU's matrix kernels treat some rows
         # apart), so each slot is reset from its own row.
         with torch.inference_mode():
             self.fresh = self.computer._get_batched_decoding_state_after_sos(device=device, batch_size=slots)
+        # The slots' working state starts as a copy of it (made outside inference mode, so that it
+        # stays writable wherever the engine is driven from).
+        self.state = _rows(self.fresh, torch.arange(slots, device=device))
 
     def reset(self, slots: list[int]) -> None:
         """Fresh decoder state for new utterances in ``slots``.
