@@ -114,21 +114,20 @@ def main(shape, model_path, modes, streams, seconds, frame_ms, large_frame_ms, p
                      "--max-batch", str(capacity), *MODES[mode], *(["--step-timing"] if step_timing else [])],
                     stdout=(out / f"{name}.log").open("w"), stderr=subprocess.STDOUT,
                     env=server_env("asr", side_servers)))
+        every = [process for group in processes.values() for process in group]
+        urls = {side: [f"ws://127.0.0.1:{server_port}/" for server_port in ports[side]] for side in sides}
         try:
             ready_s = {side: max(wait_ready(server_port, process, 900) for server_port, process
                                  in zip(ports[side], processes[side], strict=True)) for side in sides}
-            started = len(sides) * instances
-            click.echo(f"{mode}: {started} server(s) ready after {max(ready_s.values()):.0f} s", err=True)
+            click.echo(f"{mode}: {len(every)} server(s) ready after {max(ready_s.values()):.0f} s", err=True)
             rows = {side: [] for side in sides}
             health = {side: [_health(server_port) for server_port in ports[side]] for side in sides}
             for count in counts:
                 size = frame_ms if count < 128 else large_frame_ms
-                urls = {side: [f"ws://127.0.0.1:{server_port}/" for server_port in ports[side]]
-                        for side in sides}
                 try:
                     level = run_alternating(urls, count, seconds, size, procs, 500.0, spread_ms, repeats)
                 except Exception as exc:  # noqa: BLE001 - record it, dump the servers' threads, go on
-                    for process in (p for group in processes.values() for p in group):
+                    for process in every:
                         process.send_signal(signal.SIGUSR1)
                     time.sleep(2)
                     error = f"{type(exc).__name__}: {exc}"
@@ -146,7 +145,7 @@ def main(shape, model_path, modes, streams, seconds, frame_ms, large_frame_ms, p
                     "servers": str(side_servers), "ready_s": round(ready_s[side], 1), "rows": rows[side],
                     "health": health[side][0] if instances == 1 else health[side]}
         finally:
-            for process in (p for group in processes.values() for p in group):
+            for process in every:
                 stop(process)
         (out / "asr_bench.json").write_text(json.dumps(report, indent=1))
     spread = f", stream starts spread over {spread_ms:g} ms" if spread_ms else ""

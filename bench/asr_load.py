@@ -136,12 +136,13 @@ def run_alternating(sides: dict[str, list[str]], streams: int, seconds: float, f
     ...), so that whatever drifts on the machine during a call falls on every side alike; a row per
     side."""
     frame_bytes = 32 * frame_ms
+    # client processes: a multiple of each side's servers
+    side_procs = {side: max(1, min(-(-max(procs, len(urls)) // len(urls)) * len(urls), streams))
+                  for side, urls in sides.items()}
     rounds: dict[str, list[list[dict]]] = {side: [] for side in sides}
     for _ in range(repeats):
         for side, urls in sides.items():
-            side_procs = -(-max(procs, len(urls)) // len(urls)) * len(urls)  # a multiple of the servers
-            side_procs = max(1, min(side_procs, streams))
-            rounds[side].append(_round(urls, streams, seconds, frame_bytes, side_procs, spread_ms))
+            rounds[side].append(_round(urls, streams, seconds, frame_bytes, side_procs[side], spread_ms))
     return {side: _row(rounds[side], len(sides[side]), streams, seconds, frame_ms, realtime_ttf_ms,
                        spread_ms) for side in sides}
 
