@@ -25,7 +25,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "servers"))
+sys.path.insert(0, str(ROOT / "bench"))
 
+from asr_load import percentile  # noqa: E402 - bench/ is not a package
 from nemotron_asr.interface import Result, StreamCommands, hand_over  # noqa: E402
 
 
@@ -88,13 +90,13 @@ async def _serve(streams: int, procs: int) -> dict:
     outputs = [json.loads((await client.communicate())[0]) for client in clients]
     await transport.close()
     sent = [t for output in outputs for t in output["reset_sent"]]
-    received = np.array([t for output in outputs for t in output["received"]]) - engine.handed_over
+    received_ms = [(t - engine.handed_over) * 1000 for output in outputs for t in output["received"]]
     return {"streams": streams, "client_processes": procs,
             "resets_in_ms": round((max(engine.finalized) - min(sent)) * 1000, 1),
             "server_wrote_all_ms": round((max(written) - engine.handed_over) * 1000, 1),
-            "finals_out_p50_ms": round(float(np.percentile(received, 50)) * 1000, 1),
-            "finals_out_p95_ms": round(float(np.percentile(received, 95)) * 1000, 1),
-            "finals_out_max_ms": round(float(received.max()) * 1000, 1)}
+            "finals_out_p50_ms": percentile(received_ms, 50),
+            "finals_out_p95_ms": percentile(received_ms, 95),
+            "finals_out_max_ms": percentile(received_ms, 100)}
 
 
 async def _clients(port: int, streams: int, start_at: float) -> dict:
