@@ -7,7 +7,9 @@ only the timings mean anything. ``--instances N`` starts N servers on consecutiv
 for its share of the largest level, and splits every level's streams evenly between them: several
 engine processes on one GPU. ``--against DIR`` loads DIR's servers alongside (another checkout's)
 and alternates every level's rounds between the two, so that the machine's drift during a call
-falls on both alike.
+falls on both alike; ``--against-flags`` gives that side's servers other settings (without
+``--against``: this checkout's servers, differently set up, e.g. ``--against-flags "--workers 1"``
+with ``--server-flags "--workers 4"``).
 
     python bench/asr_bench.py --shape real --streams 1,64,256,512 --out results/
 """
@@ -15,6 +17,7 @@ falls on both alike.
 from __future__ import annotations
 
 import json
+import shlex
 import signal
 import subprocess
 import sys
@@ -76,13 +79,17 @@ def _steps_between(before: dict, after: dict) -> dict:
 @click.option("--against", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="another checkout's servers, loaded alongside in each mode; every level's rounds "
                    "alternate between the two (the comparison a change that should speed ASR up needs)")
+@click.option("--server-flags", default="", help="more flags for this checkout's servers")
+@click.option("--against-flags", default=None,
+              help="flags for the other side's servers, instead of --server-flags (alone: this checkout's)")
 @click.option("--step-timing/--no-step-timing", default=False, show_default=True,
               help="exact per-phase step times in the results (the server then syncs the GPU each phase)")
 @click.option("--spread-ms", default=0.0, show_default=True,
               help="start each level's streams evenly over this window (0: together, the worst case "
                    "for time to final: every reset lands at once)")
 def main(shape, model_path, modes, streams, seconds, frame_ms, large_frame_ms, procs, right_context,
-         out, servers, port, repeats, instances, against, step_timing, spread_ms) -> None:
+         out, servers, port, repeats, instances, against, server_flags, against_flags, step_timing,
+         spread_ms) -> None:
     from asr_load import run_alternating
     from serving import device_name, host_name, server_env, stop, wait_ready
 
@@ -100,7 +107,11 @@ def main(shape, model_path, modes, streams, seconds, frame_ms, large_frame_ms, p
     report = {"device": device_name(), "host": host_name(), "model": model_path.name,
               "right_context": right_context, "servers": str(servers), "instances": instances, "runs": {}}
     capacity = -(-max(counts) // instances)
+    if against_flags is not None and against is None:
+        against = servers
     sides = {"": servers, **({" against": against} if against else {})}  # a run's name: mode + side
+    flags = {"": shlex.split(server_flags),
+             " against": shlex.split(server_flags if against_flags is None else against_flags)}
     for mode in modes.split(","):
         ports, processes = {}, {}
         for number, (side, side_servers) in enumerate(sides.items()):
@@ -111,7 +122,8 @@ def main(shape, model_path, modes, streams, seconds, frame_ms, large_frame_ms, p
                 processes[side].append(subprocess.Popen(
                     [sys.executable, "-m", "nemotron_asr", "--model", str(model_path), "--port",
                      str(server_port), "--right-context", str(right_context), "--max-sessions", str(capacity),
-                     "--max-batch", str(capacity), *MODES[mode], *(["--step-timing"] if step_timing else [])],
+                     "--max-batch", str(capacity), *MODES[mode], *(["--step-timing"] if step_timing else []),
+                     *flags[side]],
                     stdout=(out / f"{name}.log").open("w"), stderr=subprocess.STDOUT,
                     env=server_env("asr", side_servers)))
         every = [process for group in processes.values() for process in group]
@@ -142,7 +154,8 @@ def main(shape, model_path, modes, streams, seconds, frame_ms, large_frame_ms, p
                     rows[side].append(row)
             for side, side_servers in sides.items():
                 report["runs"][mode + side] = {
-                    "servers": str(side_servers), "ready_s": round(ready_s[side], 1), "rows": rows[side],
+                    "servers": str(side_servers), "flags": flags[side], "ready_s": round(ready_s[side], 1),
+                    "rows": rows[side],
                     "health": health[side][0] if instances == 1 else health[side]}
         finally:
             for process in every:
@@ -171,8 +184,10 @@ def main(shape, model_path, modes, streams, seconds, frame_ms, large_frame_ms, p
                   + ", ".join(f"{x['ttf_p50_ms']} / {x.get('ttf_p95_ms')}" for x in r["rounds"]) + " |"
                   for mode, r in with_rounds]
     if against:
-        lines += ["", f"'against': the servers in {against}, loaded alongside; every level's rounds "
-                  "alternated between the two."]
+        setups = (f" with {' '.join(flags[' against']) or 'no more flags'}" if flags[" against"] != flags[""]
+                  else "")
+        lines += ["", f"'against': the servers in {against}{setups}, loaded alongside (this side's flags: "
+                  f"{' '.join(flags['']) or 'none'}); every level's rounds alternated between the two."]
     (out / "asr_bench.md").write_text("\n".join(lines) + "\n")
     click.echo("\n".join(lines))
     if silent:  # a model that says nothing skips the decoding and messaging work a real one does

@@ -10,6 +10,8 @@
 # (the same with the servers in $BASELINE_SERVERS), asr-ab (graphs,
 # this checkout's servers and $BASELINE_SERVERS' loaded together, each level's rounds alternating;
 # 512 and 1,024 streams, 3 rounds each, unless ASR_STREAMS and ASR_REPEATS say otherwise),
+# asr-workers (graphs, $ASR_WORKERS or 4 transport workers against $AGAINST_WORKERS or one, rounds
+# alternating; 512 and 1,024 streams, 3 rounds each, unless ASR_STREAMS and ASR_REPEATS say otherwise),
 # tts-cfg and tts-baseline (CFG, 1/16/64 streams,
 # 3 rounds, this checkout's servers and $BASELINE_SERVERS'), tts-staggered (16 and 64 clients
 # starting over 2 s: fixed batches, continuous batching, continuous joining at once, or
@@ -62,6 +64,10 @@ for part in "$@"; do
                     --streams "${ASR_STREAMS:-512,1024}" --repeats "${ASR_REPEATS:-3}" \
                     --against "${BASELINE_SERVERS:?the baseline servers directory}" \
                     --out "$(fresh asr-ab)" 2>&1 | grep -v '^graphs' | tail -12 ;;
+        asr-workers) timeout 560 python bench/asr_bench.py --model /tmp/asr-real.nemo --modes graphs \
+                         --streams "${ASR_STREAMS:-512,1024}" --repeats "${ASR_REPEATS:-3}" \
+                         --server-flags "--workers ${ASR_WORKERS:-4}" --against-flags "--workers ${AGAINST_WORKERS:-1}" \
+                         --out "$(fresh asr-workers)" 2>&1 | grep -v '^graphs' | tail -12 ;;
         asr-spread) timeout 200 python bench/asr_bench.py --model /tmp/asr-real.nemo --modes graphs \
                         --streams 256,512 --spread-ms 160 --out "$(fresh asr-spread)" 2>&1 | tail -5 ;;
         tts) timeout 300 python bench/tts_bench.py --model /tmp/tts-real.nemo --configs cfg,no-cfg \

@@ -29,6 +29,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from asr_load import percentile  # noqa: E402 - bench/ is not a package
 from nemotron_asr.interface import Result, StreamCommands, hand_over  # noqa: E402
+from nemotron_common.occupancy import SessionCount  # noqa: E402
 
 
 class AnsweringEngine(StreamCommands):
@@ -79,7 +80,7 @@ async def _serve(streams: int, procs: int) -> dict:
     health = Health("asr")
     health.state = State.HEALTHY
     engine = AnsweringEngine(streams)
-    transport = Transport(health, "127.0.0.1", 0, streams, 64000)
+    transport = Transport(health, "127.0.0.1", 0, SessionCount(streams), 64000)
     transport.engine = engine
     await transport.start()
     start_at = time.time() + 2 + streams / 200  # every client connected by then

@@ -30,6 +30,9 @@ class ASRConfig:
     engine_host: str = setting("process", "where the model runs: a process of its own (the event loop's "
                                "per-frame work never holds its GIL) or a thread of the server's",
                                choices=("process", "thread"))
+    workers: int = setting(1, "processes serving the port, each with its own event loop and pipe to the "
+                           "engine process: more carry the messages of many streams ending at once "
+                           "(needs engine_host = process)", check=positive)
     cpu_threads: int = setting(0, "torch intra-op threads (0 = 1 on a GPU, the usable cores on the CPU)")
     # A voice-agent host serves a few conversations at once, and GPU memory follows these two (on a
     # DGX Spark, memory the LLM shares): 64 fits a Spark next to the LLM; a GPU of its own takes 512.
@@ -48,6 +51,8 @@ class ASRConfig:
     def check(self) -> str | None:
         if not self.model:
             return "model is not set: give a .nemo path or a Hugging Face id"
+        if self.workers > 1 and self.engine_host != "process":
+            return f"workers = {self.workers} needs engine_host = \"process\" (they share its engine)"
         if self.device != "auto" and not (self.device == "cpu" or self.device.startswith("cuda")):
             return f"device = {self.device!r}: must be auto, cpu, cuda or cuda:N"
         return None

@@ -13,21 +13,22 @@ import asyncio
 import functools
 import itertools
 from collections.abc import Callable
+from multiprocessing.connection import Connection
 from pathlib import Path
 
 from loguru import logger
-from nemotron_common.engine_host import EngineProcess
+from nemotron_common.engine_host import EngineLink, EngineProcess
 
 from .config import ASRConfig
 from .interface import Result, StreamCommands, hand_over
 
 
 class RemoteEngine(StreamCommands):
-    def __init__(self, config: ASRConfig, model_path: Path) -> None:
+    def __init__(self, link: Callable[..., EngineLink]) -> None:
+        """``link(on_results, on_stats, on_failure)`` makes this process's link to the engine."""
         self._ids = itertools.count(1)
         self._streams: dict[int, tuple[Callable[[Result], None], asyncio.AbstractEventLoop | None]] = {}
-        self._host = EngineProcess("nemotron-asr-engine", functools.partial(_load, config, model_path),
-                                   self._deliver, self._take_stats, self._fail, config.log_level)
+        self._host = link(self._deliver, self._take_stats, self._fail)
         self.failed = self._host.failed
         self.device_text = ""
         self.warmup_s = 0.0
@@ -35,12 +36,34 @@ class RemoteEngine(StreamCommands):
         self.step_totals: dict = {}  # per step kind: cumulative counts and phase milliseconds (metrics)
         self.gpu_memory_bytes = 0  # what the engine process's caching allocator holds
 
+    @classmethod
+    def spawn(cls, config: ASRConfig, model_path: Path) -> RemoteEngine:
+        """The service process's engine: a child with a pipe for this process and one per extra
+        worker (started by :meth:`start`)."""
+        return cls(functools.partial(EngineProcess, "nemotron-asr-engine",
+                                     functools.partial(_load, config, model_path),
+                                     log_level=config.log_level, pipes=config.workers))
+
+    @classmethod
+    def attach(cls, conn: Connection, device_text: str) -> RemoteEngine:
+        """A worker's engine: the running child, through this worker's pipe."""
+        engine = cls(EngineLink)
+        engine._host.attach(conn)
+        engine.device_text = device_text
+        return engine
+
     def start(self, progress: Callable[[str, float], None]) -> None:
         """Start the child and wait until it has loaded and warmed up."""
         self.device_text, self.warmup_s = self._host.start(progress)
 
+    def worker_connections(self) -> list[Connection]:
+        return self._host.worker_connections()
+
     def stop(self, timeout: float = 5.0) -> None:
-        self._host.stop(timeout)
+        if isinstance(self._host, EngineProcess):
+            self._host.stop(timeout)
+        else:
+            self._host.detach()
 
     def alive(self, stall_s: float = 30.0) -> bool:
         return self._host.alive(stall_s)
@@ -76,25 +99,26 @@ class RemoteEngine(StreamCommands):
 
 
 class _ChildEngine:
-    """The engine's side in the child: the parent's stream ids mapped to the engine's."""
+    """The engine's side in the child: each pipe's stream ids mapped to the engine's."""
 
-    def __init__(self, engine, emit: Callable[[object], None]) -> None:
+    def __init__(self, engine, emit: Callable[..., None]) -> None:
         self.engine, self.emit = engine, emit
         self.failed = engine.failed
-        self._streams: dict[int, int] = {}
+        self._streams: dict[tuple[int, int], int] = {}
 
-    def apply(self, command: tuple) -> None:
+    def apply(self, command: tuple, pipe: int) -> None:
         action, stream_id, payload = command
+        key = (pipe, stream_id)
         if action == "open":
-            self._streams[stream_id] = self.engine.open(lambda result, sid=stream_id:
-                                                        self.emit((sid, result)))
+            self._streams[key] = self.engine.open(lambda result, sid=stream_id:
+                                                  self.emit((sid, result), pipe))
             return
-        local = self._streams.get(stream_id)
+        local = self._streams.get(key)
         if local is None:
             return
         self.engine.enqueue(action, local, payload)  # checked by the parent's StreamCommands
         if action == "close":
-            del self._streams[stream_id]
+            del self._streams[key]
 
     def stats(self) -> dict:
         from nemotron_common.metrics import cuda_memory_reserved

@@ -14,6 +14,7 @@ from loguru import logger
 from nemotron_common.access import Access
 from nemotron_common.health import Health
 from nemotron_common.http import HttpTransport, error_response
+from nemotron_common.occupancy import SessionCount
 
 from . import protocol, transcripts
 from .interface import StreamEngine
@@ -27,20 +28,20 @@ PING_INTERVAL_S = 20.0
 
 
 class Transport(HttpTransport):
-    def __init__(self, health: Health, host: str, port: int, max_sessions: int,
+    def __init__(self, health: Health, host: str, port: int, count: SessionCount,
                  max_frame_bytes: int, access: Access | None = None, model_id: str = "asr",
-                 max_upload_bytes: int = 25 * 2**20) -> None:
-        self.max_sessions = max_sessions
+                 max_upload_bytes: int = 25 * 2**20, reuse_port: bool = False) -> None:
+        self.count = count  # open sessions and transcriptions, of every process serving the port
+        self.max_sessions = count.limit
         self.max_frame_bytes = max_frame_bytes
         self.engine: StreamEngine | None = None  # set once the model is loaded
         self.sessions: set[Session] = set()
         self.transcriptions: set[Transcription] = set()
         self.sockets: set[web.WebSocketResponse] = set()
-        metrics = ASRMetrics(lambda: len(self.sessions) + len(self.transcriptions), max_sessions,
-                             lambda: self.engine)
+        metrics = ASRMetrics(lambda: len(count), count.limit, lambda: self.engine)
         # Idle keep-alive connections close after the ping interval; WebSockets have their own pings.
         super().__init__(health, host, port, access, model_id, metrics, max_body_bytes=max_upload_bytes,
-                         idle_timeout_s=PING_INTERVAL_S)
+                         idle_timeout_s=PING_INTERVAL_S, reuse_port=reuse_port)
 
     def routes(self, router: web.UrlDispatcher) -> None:
         for path in STREAM_PATHS:
@@ -49,9 +50,6 @@ class Transport(HttpTransport):
 
     def describe(self) -> str:
         return f"ws://{self.host}:{self.port}/ (transcriptions at {TRANSCRIPTIONS_PATH})"
-
-    def _full(self) -> bool:
-        return len(self.sessions) + len(self.transcriptions) >= self.max_sessions
 
     # --- the bots' streaming protocol ---------------------------------------------------------
     async def _stream(self, request: web.Request) -> web.StreamResponse:
@@ -66,13 +64,20 @@ class Transport(HttpTransport):
                                   headers={"Upgrade": "websocket"})
         await socket.prepare(request)
         peer = "{}:{}".format(*(request.transport.get_extra_info("peername") or ("?", 0))[:2])
-        if self._full():
+        if not self.count.take():
             logger.warning(f"{peer}: refused, {self.max_sessions} sessions already open")
             self.count_error("too_many_sessions")
             await socket.send_str(protocol.error_message(
                 f"too many sessions: the server is limited to {self.max_sessions}; try again later"))
             await socket.close(code=WSCloseCode.TRY_AGAIN_LATER, message=b"too many sessions")
             return socket
+        try:
+            await self._serve(socket, peer)
+        finally:
+            self.count.release()
+        return socket
+
+    async def _serve(self, socket: web.WebSocketResponse, peer: str) -> None:
         session = Session(self.engine, self.max_frame_bytes, peer, self.metrics)
         self.sessions.add(session)
         self.sockets.add(socket)
@@ -93,7 +98,6 @@ class Transport(HttpTransport):
             session.close()
             await asyncio.gather(writer, return_exceptions=True)
             logger.debug(f"{peer}: session {session.stream_id} closed")
-        return socket
 
     @staticmethod
     async def _write(socket: web.WebSocketResponse, session: Session) -> None:
@@ -107,10 +111,16 @@ class Transport(HttpTransport):
     async def _transcribe(self, request: web.Request) -> web.StreamResponse:
         if (refusal := self.not_ready()) is not None:
             return refusal
-        if self._full():
+        if not self.count.take():
             self.count_error("too_many_sessions")
             return error_response(429, f"too many sessions (limit {self.max_sessions}); try again later",
                                   headers={"Retry-After": "1"})
+        try:
+            return await self._transcribe_upload(request)
+        finally:
+            self.count.release()
+
+    async def _transcribe_upload(self, request: web.Request) -> web.StreamResponse:
         try:
             upload = await read_upload(request)
         except BadUpload as exc:

@@ -33,7 +33,10 @@ class HttpTransport:
     served at ``/metrics`` and its ``errors`` counter (label ``kind``) counts refusals."""
 
     def __init__(self, health: Health, host: str, port: int, access: Access | None, model_id: str,
-                 metrics, *, max_body_bytes: int, idle_timeout_s: float = 10.0) -> None:
+                 metrics, *, max_body_bytes: int, idle_timeout_s: float = 10.0,
+                 reuse_port: bool = False) -> None:
+        """``reuse_port``: the port is shared with other processes of the service (SO_REUSEPORT),
+        among which the kernel spreads new connections."""
         self.health = health
         self.host, self.port = host, port
         self.access = access or Access()
@@ -41,6 +44,7 @@ class HttpTransport:
         self.metrics = metrics
         self.max_body_bytes = max_body_bytes
         self.idle_timeout_s = idle_timeout_s
+        self.reuse_port = reuse_port
         self.closing = False
         self._runner: web.AppRunner | None = None
 
@@ -64,7 +68,7 @@ class HttpTransport:
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0,
                                      handler_cancellation=True, keepalive_timeout=self.idle_timeout_s)
         await self._runner.setup()
-        await web.TCPSite(self._runner, self.host, self.port).start()
+        await web.TCPSite(self._runner, self.host, self.port, reuse_port=self.reuse_port or None).start()
         self.port = self._runner.addresses[0][1]
         logger.info(f"listening on {self.describe()} (health at /health)")
 

@@ -42,6 +42,9 @@ class Service(Protocol):
         function (a server that only waits, like the LLM supervisor) on the event loop. Raising
         :class:`ConfigError` exits 78 (a restart cannot help), anything else exits 1."""
 
+    def serving(self) -> None:
+        """READY is sent and /health says healthy (a service with workers lets them serve now)."""
+
     def engine_alive(self) -> bool: ...
 
     async def wait_engine_failed(self) -> None: ...
@@ -123,6 +126,7 @@ async def run(server: Service, drain_timeout_s: float, notifier: Notifier | None
     heap.freeze_loaded_objects()
     notifier.ready(loading.result())  # before /health says 200, so no client sees ready first
     server.health.state = State.HEALTHY
+    server.serving()
     interval = notifier.watchdog_interval_s()
     tasks = [asyncio.ensure_future(_watchdog(notifier, server, interval))] if interval else []
     engine_failed = asyncio.ensure_future(server.wait_engine_failed())

@@ -59,8 +59,12 @@ class EngineService(Service):
         """Extra /health fields about the running engine."""
         return {}
 
+    def open_sessions(self) -> int:
+        """Open streams, for /health (a service with workers counts theirs too)."""
+        return len(self.transport.sessions)
+
     def _health_details(self) -> dict:
-        details = {"model": self.model_path.name, "sessions": len(self.transport.sessions),
+        details = {"model": self.model_path.name, "sessions": self.open_sessions(),
                    "max_sessions": self.max_sessions}
         if self.device_text:
             details["device"] = self.device_text
@@ -76,13 +80,19 @@ class EngineService(Service):
         sys.setswitchinterval(0.0005)
         await self.transport.start()
 
-    def watch(self) -> None:
-        """Turn the engine's ``failed`` event into :meth:`wait_engine_failed` returning."""
+    def watch(self, failed: threading.Event | None = None) -> None:
+        """Turn the engine's ``failed`` event (or another that means the service cannot serve) into
+        :meth:`wait_engine_failed` returning."""
+        failed = failed or self.engine.failed
+
         def wait() -> None:
-            self.engine.failed.wait()
+            failed.wait()
             self._loop.call_soon_threadsafe(self._failed.set)
 
         threading.Thread(target=wait, name="engine-watch", daemon=True).start()
+
+    def serving(self) -> None:
+        pass
 
     def engine_alive(self) -> bool:
         return self.engine is not None and self.engine.alive()

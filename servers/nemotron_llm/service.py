@@ -106,6 +106,9 @@ class LLMService(Service):
                 last_status = time.monotonic()
             await self._exit_or_sleep(0.25)
 
+    def serving(self) -> None:
+        pass
+
     def engine_alive(self) -> bool:
         return self._alive
 

@@ -49,8 +49,10 @@ class RivaService:
     def load_and_warm_up(self, progress: Progress) -> str:
         self.upstream.wait_ready(self.config.upstream_timeout, progress)
         voices = ", ".join(self.upstream.tts_config["voices"])
-        self.grpc_health.serving = True
         return f"ready: ASR at {self.config.asr_url}, TTS at {self.config.tts_url} (voices {voices})"
+
+    def serving(self) -> None:
+        self.grpc_health.serving = True  # gRPC's health says SERVING once /health does
 
     def engine_alive(self) -> bool:
         return True  # no engine of its own: ASR and TTS have their own watchdogs

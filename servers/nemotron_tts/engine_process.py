@@ -165,7 +165,7 @@ class _ChildEngine:
         self._clients: weakref.WeakValueDictionary[int, _Client] = weakref.WeakValueDictionary()
         self.engine.metrics = _MetricsRelay(emit)  # from here on: the warmup's work is not counted
 
-    def apply(self, command: tuple) -> None:
+    def apply(self, command: tuple, pipe: int = 0) -> None:  # one pipe: TTS has no workers
         kind = command[0]
         if kind == "submit":
             self._submit(*command[1:])

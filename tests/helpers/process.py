@@ -156,10 +156,42 @@ def scrape(base: str, headers: dict[str, str] | None = None) -> dict[tuple[str, 
             for family in text_string_to_metric_families(text) for sample in family.samples}
 
 
-def engine_process_of(pid: int) -> int:
-    """The pid of the server's engine process (the child multiprocessing spawned; another child
-    may be multiprocessing's resource tracker)."""
-    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    spawned = [int(c) for c in children if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()]
-    assert len(spawned) == 1, children
+def spawned_children(pid: int) -> list[int]:
+    """The children multiprocessing spawned (another child may be its resource tracker)."""
+    children = []
+    for task in Path(f"/proc/{pid}/task").iterdir():  # each thread's own children
+        try:
+            children += (task / "children").read_text().split()
+        except FileNotFoundError:
+            pass  # a thread that ended meanwhile
+    return [int(c) for c in children if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()]
+
+
+def engine_process_of(pid: int, port: int | None = None) -> int:
+    """The pid of the server's engine process: its spawned child, or with transport workers the one
+    that does not listen on ``port``."""
+    spawned = [c for c in spawned_children(pid) if port is None or not tcp_sockets(c, port)["listen"]]
+    assert len(spawned) == 1, spawned
     return spawned[0]
+
+
+def tcp_sockets(pid: int, port: int) -> dict[str, int]:
+    """How many TCP sockets on local ``port`` process ``pid`` holds, listening and connected (its
+    descriptors' socket inodes, looked up in the kernel's IPv4 and IPv6 tables)."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    counts = {"listen": 0, "established": 0}
+    for table in ("tcp", "tcp6"):
+        for line in Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]:
+            fields = line.split()
+            local_port, state, inode = int(fields[1].rsplit(":", 1)[1], 16), fields[3], fields[9]
+            if local_port == port and inode in inodes:
+                kind = {"0A": "listen", "01": "established"}.get(state, "other")
+                counts[kind] = counts.get(kind, 0) + 1
+    return counts

@@ -36,15 +36,20 @@ def test_two_servers_share_the_streams_in_rounds_and_every_stream_talks(tiny_asr
 
 
 def test_against_alternates_rounds_between_two_checkouts_servers(tiny_asr_model, tmp_path):
+    """Another checkout's servers, here set up with two transport workers."""
     servers = Path(__file__).parents[2] / "servers"
     run = subprocess.run([sys.executable, str(BENCH), "--model", str(tiny_asr_model), "--modes", "eager",
                           "--streams", "2", "--seconds", "2", "--procs", "1", "--repeats", "2",
-                          "--against", str(servers), "--port", str(free_port()), "--out", str(tmp_path)],
+                          "--against", str(servers), "--against-flags", "--workers 2",
+                          "--port", str(free_port()), "--out", str(tmp_path)],
                          capture_output=True, text=True, timeout=400)
     assert run.returncode == 0, run.stderr[-3000:]
     report = json.loads((tmp_path / "asr_bench.json").read_text())
     assert set(report["runs"]) == {"eager", "eager against"}
     assert report["runs"]["eager against"]["servers"] == str(servers)
+    assert report["runs"]["eager against"]["flags"] == ["--workers", "2"]
+    assert report["runs"]["eager against"]["health"]["workers"] == 2
+    assert "workers" not in report["runs"]["eager"]["health"]
     for run_report in report["runs"].values():
         (row,) = run_report["rows"]
         assert (row["errors"], [r["realtime_streams"] for r in row["rounds"]]) == (0, [2, 2]), row

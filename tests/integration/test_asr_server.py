@@ -4,11 +4,13 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import time
+from pathlib import Path
 
 import pytest
 from helpers.asr_client import ASRClient, pcm_as_float, to_pcm
-from helpers.process import ServerProcess, engine_process_of, get_json, scrape
+from helpers.process import ServerProcess, engine_process_of, get_json, scrape, spawned_children, tcp_sockets
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
@@ -18,13 +20,19 @@ pytestmark = pytest.mark.slow
 MAX_SESSIONS = 3
 
 
-@pytest.fixture(scope="module", params=["process", "thread"])
+SETUPS = {"process": ["--engine-host", "process"], "thread": ["--engine-host", "thread"],
+          "workers": ["--engine-host", "process", "--workers", "2"]}
+
+
+@pytest.fixture(scope="module", params=list(SETUPS))
 def server(request, tiny_asr_model):
-    """The server with its engine in a child process (the default) and in a thread: the same contract."""
+    """The server with its engine in a child process (the default), in a thread, and in a child
+    process serving two transport workers that share the port: the same contract."""
     proc = ServerProcess("nemotron_asr", ["--model", str(tiny_asr_model), "--max-sessions", str(MAX_SESSIONS),
                                           "--max-frame-bytes", "64000", "--right-context", "1",
-                                          "--engine-host", request.param],
+                                          *SETUPS[request.param]],
                          env={"WATCHDOG_USEC": "1000000", "JOURNAL_STREAM": "8:1"})
+    proc.setup = request.param
     proc.wait_listening()
     proc.health_while_starting = proc.health()
     proc.wait_ready()
@@ -42,6 +50,14 @@ def offline(tiny_asr_model):
 
 def clip(seconds, seed):
     return to_pcm(speechlike_audio(seconds, seed))
+
+
+def running(pid):
+    """Alive and not a zombie waiting for whoever inherited it."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
 
 
 def run(coro):
@@ -68,6 +84,7 @@ def test_health_endpoints(server):
         status, body = server.health(path)
         assert status == 200 and body["status"] == "healthy" and body["model_loaded"] is True
         assert body["gpu_memory_mib"] == 0 and body["max_sessions"] == MAX_SESSIONS  # (on the CPU)
+        assert body.get("workers") == (2 if server.setup == "workers" else None)
     assert get_json(server.base + "/nope")[0] == 404
     status, models = get_json(server.base + "/v1/models")
     assert status == 200 and models["object"] == "list" and models["data"][0]["id"] == "tiny-streaming"
@@ -247,50 +264,147 @@ def test_session_limit_and_vanishing_clients_do_not_disturb_others(server, offli
     assert server.health()[1]["sessions"] == 0
 
 
-def test_sigterm_drains_open_sessions_with_their_final(tiny_asr_model, offline):
-    proc = ServerProcess("nemotron_asr", ["--model", str(tiny_asr_model), "--max-sessions", "2"])
-    proc.wait_ready()
-    pcm = clip(1.9, 3)
+def test_workers_share_the_port_the_session_limit_and_the_counts(server, offline):
+    if server.setup != "workers":
+        pytest.skip("one process serves the port")
+    workers = [pid for pid in (server.process.pid, *spawned_children(server.process.pid))
+               if tcp_sockets(pid, server.port)["listen"]]
+    assert len(workers) == 2
+    # The kernel spreads new connections over the processes listening (by each one's address).
+    idle = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(16)]
+    try:
+        deadline = time.monotonic() + 10
+        while sum(held := [tcp_sockets(pid, server.port)["established"] for pid in workers]) < 16:
+            assert time.monotonic() < deadline, held
+            time.sleep(0.05)
+    finally:
+        for connection in idle:
+            connection.close()
+    assert all(held), held
+    pcm = clip(0.8, 5)
+    deadline = time.monotonic() + 10  # the sessions of the tests before have all closed
+    while server.health()[1]["sessions"]:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
 
     async def scenario():
+        # Every process admits against one count: the sessions past the limit are refused wherever
+        # they land, and every process reports the same open sessions and metrics.
+        clients = [await ASRClient.open(server.ws_url) for _ in range(MAX_SESSIONS)]
+        refusals = []
+        for _ in range(4):
+            extra = await connect(server.ws_url, proxy=None)
+            refusals.append(json.loads(await asyncio.wait_for(extra.recv(), 10)))
+            await extra.close()
+        sessions = {server.health()[1]["sessions"] for _ in range(12)}
+        gauges = {scrape(server.base)[("nemotron_asr_sessions", ())] for _ in range(12)}
+        texts = []
+        for client in clients:
+            await client.send_audio(pcm)
+            await client.reset()
+            texts.append((await client.final())["text"])
+            await client.close()
+        return refusals, sessions, gauges, texts
+
+    finals_before = scrape(server.base)[("nemotron_asr_time_to_final_seconds_count", ())]
+    refusals, sessions, gauges, texts = run(scenario())
+    assert all("too many sessions" in refusal["message"] for refusal in refusals)
+    assert sessions == {MAX_SESSIONS} and gauges == {MAX_SESSIONS}
+    assert texts == [offline(pcm)] * MAX_SESSIONS
+    counts = {scrape(server.base)[("nemotron_asr_time_to_final_seconds_count", ())] for _ in range(12)}
+    assert counts == {finals_before + MAX_SESSIONS}
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_sigterm_drains_open_sessions_with_their_final(tiny_asr_model, offline, workers):
+    """Every process's open sessions get their final before the service exits; with workers the
+    service process forwards SIGTERM to them (systemd signals it alone) and keeps the engine up for
+    them."""
+    proc = ServerProcess("nemotron_asr", ["--model", str(tiny_asr_model), "--max-sessions", "6",
+                                          "--workers", str(workers)])
+    proc.wait_ready()
+    pcms = [clip(1.2 + 0.3 * i, 3 + i) for i in range(2 * workers)]
+
+    async def one(pcm, started):
         client = await ASRClient.open(proc.ws_url)
         await client.send_audio(pcm)
-        await asyncio.sleep(0.3)
-        proc.process.send_signal(signal.SIGTERM)
+        started.release()
         final = await client.final()
         with pytest.raises(ConnectionClosed) as closed:
             await client.receive(timeout=15)
-        return final, closed.value.rcvd.code
+        return final["text"], closed.value.rcvd.code
+
+    async def scenario():
+        started = asyncio.Semaphore(0)
+        clients = [asyncio.ensure_future(one(pcm, started)) for pcm in pcms]
+        for _ in pcms:
+            await started.acquire()
+        await asyncio.sleep(0.3)
+        proc.process.send_signal(signal.SIGTERM)
+        return await asyncio.gather(*clients)
 
     try:
-        final, code = run(scenario())
+        served = spawned_children(proc.process.pid)
+        results = run(scenario())
         assert proc.process.wait(30) == 0
     finally:
         proc.terminate()
-    assert final["text"] == offline(pcm)
-    assert code == 1001
+    assert results == [(offline(pcm), 1001) for pcm in pcms]
+    assert not [pid for pid in served if running(pid)]
     fields = proc.notify.fields()
     assert "STOPPING=1" in fields and fields.index("STOPPING=1") > fields.index("READY=1")
 
 
-def test_a_dead_engine_process_fails_open_sessions_and_the_service(tiny_asr_model):
-    proc = ServerProcess("nemotron_asr", ["--model", str(tiny_asr_model), "--max-sessions", "2"])
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_dead_engine_process_fails_open_sessions_and_the_service(tiny_asr_model, workers):
+    proc = ServerProcess("nemotron_asr", ["--model", str(tiny_asr_model), "--max-sessions", "8",
+                                          "--workers", str(workers)])
     proc.wait_ready()
 
-    async def scenario():
-        client = await ASRClient.open(proc.ws_url)
-        await client.send_audio(clip(0.5, 4))
-        os.kill(engine_process_of(proc.process.pid), signal.SIGKILL)
+    async def failure(client):
         while True:  # interims may come first
             message = await client.receive(timeout=15)
             if message["type"] == "error":
                 return message["message"]
 
+    async def scenario():
+        clients = [await ASRClient.open(proc.ws_url) for _ in range(4 * workers)]
+        for client in clients:
+            await client.send_audio(clip(0.5, 4))
+        os.kill(engine_process_of(proc.process.pid, proc.port), signal.SIGKILL)
+        return await asyncio.gather(*(failure(client) for client in clients))
+
     try:
-        message = run(scenario())
+        children = spawned_children(proc.process.pid)
+        messages = run(scenario())
         code = proc.process.wait(30)
     finally:
         proc.terminate()
-    assert "speech recognition engine failed" in message and "exit code -9" in message
+    assert all("speech recognition engine failed" in message for message in messages)
+    if workers == 1:
+        assert "exit code -9" in messages[0]
     assert code != 0
     assert "engine failed" in proc.log()
+    deadline = time.monotonic() + 10  # no worker outlives the service
+    while [pid for pid in children if running(pid)]:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+
+
+def test_a_worker_that_dies_fails_the_service(tiny_asr_model):
+    proc = ServerProcess("nemotron_asr", ["--model", str(tiny_asr_model), "--workers", "3"])
+    proc.wait_ready()
+    try:
+        engine = engine_process_of(proc.process.pid, proc.port)
+        workers = [pid for pid in spawned_children(proc.process.pid) if pid != engine]
+        assert len(workers) == 2
+        os.kill(workers[0], signal.SIGKILL)
+        code = proc.process.wait(30)
+    finally:
+        proc.terminate()
+    assert code != 0
+    assert "worker-2 exited (exit code -9)" in proc.log() or "worker-3 exited (exit code -9)" in proc.log()
+    deadline = time.monotonic() + 10
+    while running(engine) or running(workers[1]):
+        assert time.monotonic() < deadline
+        time.sleep(0.1)

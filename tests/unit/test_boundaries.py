@@ -27,7 +27,7 @@ WIRE_SIDE = {
     "riva": ["nemotron_riva.service"],
     "common": ["nemotron_common.http", "nemotron_common.lifecycle", "nemotron_common.access",
                "nemotron_common.health", "nemotron_common.metrics", "nemotron_common.engine_host",
-               "nemotron_common.service"],
+               "nemotron_common.service", "nemotron_common.workers", "nemotron_common.occupancy"],
 }
 
 
