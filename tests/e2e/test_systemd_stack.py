@@ -51,6 +51,7 @@ INSTALL = [
     "--tts-codec", f"{MODELS}/tts-codec.nemo",
     "--model", f"{MODELS}/tiny-Q8_0.gguf", "--llama-server", str(LLAMA_SERVER),
     "--set", "asr.max_sessions=2", "--set", "asr.max_batch=2", "--set", "tts.max_sessions=2",
+    "--set", "asr.workers=2",  # a second transport process: signals, readiness and stop under systemd
     "--set", "llm.ctx_size=512", "--set", "llm.health_interval=1.0", "--api-key", "--riva",
 ]
 
@@ -119,6 +120,7 @@ def test_start_target_orders_llm_after_asr_and_tts_and_logs_to_the_journal(box):
     assert 0 < tts_ready < llm_started, f"nemotron-llm started at {llm_started}, TTS ready at {tts_ready}"
     journal = box.run("journalctl", "-u", "nemotron-asr", "--no-pager", "-o", "cat").stdout
     assert "listening on ws://127.0.0.1:8080/" in journal and "ready on cpu" in journal
+    assert "nemotron-asr-worker-2 serves port 8080" in journal
     tts_journal = box.run("journalctl", "-u", "nemotron-tts", "--no-pager", "-o", "cat").stdout
     assert "listening on http://127.0.0.1:8001/" in tts_journal and "ready on cpu" in tts_journal
     for port in (8080, 8001, 8000):
