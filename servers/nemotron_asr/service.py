@@ -108,6 +108,8 @@ class ASRService(EngineService):
                     for place in places]
         self.workers = Workers(self.name, services, self.config.log_level, self.config.drain_timeout)
         self.workers.start()
+        for place in places:  # each worker holds its own end now, so the engine sees a dead one's close
+            place.engine.close()
         self.watch(self.workers.failed)
 
     def serving(self) -> None:
