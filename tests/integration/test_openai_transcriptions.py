@@ -3,6 +3,7 @@ every response format, streamed deltas, other sample rates and containers, and c
 
 import io
 import re
+import time
 
 import numpy as np
 import openai
@@ -137,3 +138,29 @@ def test_a_file_over_the_limit_gets_413_and_metrics_count_the_work(client, serve
     samples = scrape(server.base)
     assert samples[("nemotron_asr_transcription_seconds_count", ())] >= 5
     assert samples[("nemotron_asr_errors_total", (("kind", "bad_request"),))] >= 1
+
+
+def test_uploads_count_against_the_session_limit_and_give_their_place_back(client, server, speech):
+    """Uploads and WebSocket streams share max_sessions: with every place taken by streams an upload
+    gets 429 with Retry-After; every upload before, refused or served, gave its place back."""
+    import asyncio
+
+    from helpers.asr_client import ASRClient
+
+    assert server.health()[1]["sessions"] == 0  # after the tests above: bad uploads, a 413, served ones
+
+    async def full_house():
+        streams = [await ASRClient.open(server.ws_url) for _ in range(4)]
+        with pytest.raises(openai.RateLimitError) as error:
+            await asyncio.to_thread(transcribe, client, encoded(speech, RATE, "WAV"))
+        for stream in streams:
+            await stream.close()
+        return error.value
+
+    refusal = asyncio.run(asyncio.wait_for(full_house(), 60))
+    assert refusal.response.headers["Retry-After"] == "1" and "too many sessions" in str(refusal)
+    deadline = time.monotonic() + 10  # the closed streams give their places back
+    while server.health()[1]["sessions"]:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert transcribe(client, encoded(speech, RATE, "WAV")).text
