@@ -60,10 +60,7 @@ class RemoteEngine(StreamCommands):
         return self._host.worker_connections()
 
     def stop(self, timeout: float = 5.0) -> None:
-        if isinstance(self._host, EngineProcess):
-            self._host.stop(timeout)
-        else:
-            self._host.detach()
+        self._host.stop(timeout)
 
     def alive(self, stall_s: float = 30.0) -> bool:
         return self._host.alive(stall_s)

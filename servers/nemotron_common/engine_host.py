@@ -103,8 +103,9 @@ class EngineLink:
         """Queue ``command`` for the child (any thread)."""
         self._commands.put(command)
 
-    def detach(self) -> None:
-        """Close this pipe; the engine goes on serving the others."""
+    def stop(self, timeout: float = 5.0) -> None:
+        """This process is done with the engine: a worker's link closes its pipe, and the engine goes
+        on serving the others (the service process's link stops the engine)."""
         self._stopping = True
         self._commands.put(_DETACH)
 
@@ -196,6 +197,7 @@ class EngineProcess(EngineLink):
         return self._workers_ends
 
     def stop(self, timeout: float = 5.0) -> None:
+        """Stop the engine: the last command, then the child's exit (killed after ``timeout``)."""
         if self._process is None:
             return
         self._stopping = True

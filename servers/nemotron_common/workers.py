@@ -37,7 +37,6 @@ class Workers:
         self.name, self.services = name, services
         self.log_level, self.drain_timeout_s = log_level, drain_timeout_s
         self.failed = threading.Event()
-        self.failure = ""
         self._processes: list[multiprocessing.Process] = []
         self._go: list[Connection] = []
         self._stopping = False
@@ -45,7 +44,6 @@ class Workers:
     def start(self, timeout_s: float = 60.0) -> None:
         """Start every worker and wait until each serves."""
         context = multiprocessing.get_context("spawn")
-        waiting = []
         for number, service in enumerate(self.services, start=2):
             ready, child_end = context.Pipe()
             process = context.Process(target=worker_main, name=f"{self.name}-worker-{number}", daemon=True,
@@ -53,9 +51,8 @@ class Workers:
             process.start()
             child_end.close()
             self._processes.append(process)
-            waiting.append((process, ready))
             self._go.append(ready)
-        for process, ready in waiting:
+        for process, ready in zip(self._processes, self._go, strict=True):
             if not ready.poll(timeout_s):
                 raise RuntimeError(f"{process.name} did not start within {timeout_s:g} s")
             try:
@@ -77,8 +74,7 @@ class Workers:
     def _watch(self, process: multiprocessing.Process) -> None:
         process.join()
         if not self._stopping:
-            self.failure = f"{process.name} exited (exit code {process.exitcode})"
-            logger.critical(self.failure)
+            logger.critical(f"{process.name} exited (exit code {process.exitcode})")
             self.failed.set()
 
     def stop(self, timeout_s: float) -> None:
@@ -94,18 +90,6 @@ class Workers:
                 logger.warning(f"{process.name} did not stop within {timeout_s:g} s; killing it")
                 process.kill()
                 process.join(5.0)
-
-
-class _WorkerNotifier(Notifier):
-    """A worker's lifecycle tells systemd nothing: the service process does."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.enabled = False
-
-    @staticmethod
-    def watchdog_interval_s() -> float | None:
-        return None  # the service process's watchdog covers the engine every worker uses
 
 
 class _HeldUntilServing:
@@ -131,8 +115,10 @@ def worker_main(make_service: Callable, conn: Connection, log_level: str, drain_
     from . import logs
     from .lifecycle import run
 
+    # systemd hears the service process alone, whose watchdog covers the engine every worker uses:
+    # without these a worker's notifier sends nothing and asks for no watchdog.
     for name in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"):
         os.environ.pop(name, None)
     logs.setup(log_level)
     service = _HeldUntilServing(make_service(), conn)
-    sys.exit(asyncio.run(run(service, drain_timeout_s, _WorkerNotifier())))
+    sys.exit(asyncio.run(run(service, drain_timeout_s, Notifier())))
